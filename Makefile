@@ -1,0 +1,29 @@
+# Two commands on a fresh machine:  `make run` (install + the embedded default job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# No network at run time: models and data come from pip packages and local caches only.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
+	HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install run test test-all clean
+
+$(VENV)/.installed: pyproject.toml requirements/assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: the CPU wheel; a looser spec without torch installed pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -r requirements/assets.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(OFFLINE) $(PY) train.py $(ARGS)
+
+test: install
+	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun
