@@ -1,0 +1,109 @@
+"""The one place that knows where encoder models keep their parts, by ``config.model_type``.
+
+Techniques that remove or replace modules (layer dropping, head pruning, BERT-of-Theseus) and student
+builders go through these helpers instead of spelling ``model.bert.encoder.layer`` themselves, so a new
+architecture is one table row here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from slimnlp.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class _Arch:
+    layers: str  # path of the encoder's layer list inside the base model
+    ffn_key: str = "intermediate_size"  # config key of the feed-forward width
+    follows_hidden: tuple[str, ...] = ()  # other config keys that must equal hidden_size
+
+
+_ARCHS: dict[str, _Arch] = {
+    "bert": _Arch("encoder.layer"),
+    "roberta": _Arch("encoder.layer"),
+    "xlm-roberta": _Arch("encoder.layer"),
+    "camembert": _Arch("encoder.layer"),
+    "electra": _Arch("encoder.layer"),
+    "mpnet": _Arch("encoder.layer"),
+    "deberta-v2": _Arch("encoder.layer", follows_hidden=("pooler_hidden_size",)),
+    "distilbert": _Arch("transformer.layer", ffn_key="hidden_dim"),
+}
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_ARCHS)
+
+
+def _arch(config: PretrainedConfig) -> _Arch:
+    try:
+        return _ARCHS[config.model_type]
+    except KeyError:
+        raise ConfigError(
+            "model_type", config.model_type, f"supported encoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        ) from None
+
+
+def backbone(model: PreTrainedModel) -> PreTrainedModel:
+    """The base encoder (``model.bert``, ``model.roberta``, ...), or the model itself when it has no head."""
+    _arch(model.config)
+    return model.base_model
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The encoder's transformer blocks, in order."""
+    layers = backbone(model).get_submodule(_arch(model.config).layers)
+    assert isinstance(layers, nn.ModuleList), type(layers)
+    return layers
+
+
+def layers_prefix(model: PreTrainedModel) -> str:
+    """State-dict prefix of the layer list (``bert.encoder.layer``): keys ``<prefix>.<i>.…`` belong to layer i."""
+    layers = encoder_layers(model)
+    return next(name for name, module in model.named_modules() if module is layers)
+
+
+def embeddings(model: PreTrainedModel) -> nn.Module:
+    """Token/position embeddings (every supported encoder names them ``embeddings``)."""
+    return backbone(model).embeddings
+
+
+def num_layers(model: PreTrainedModel) -> int:
+    """Counted from the modules, so it stays true after layers are dropped."""
+    return len(encoder_layers(model))
+
+
+def hidden_size(model: PreTrainedModel) -> int:
+    _arch(model.config)
+    return model.config.hidden_size
+
+
+def num_attention_heads(model: PreTrainedModel) -> int:
+    _arch(model.config)
+    return model.config.num_attention_heads
+
+
+def intermediate_size(model: PreTrainedModel) -> int:
+    """Feed-forward width (``intermediate_size``; DistilBERT calls it ``hidden_dim``)."""
+    return getattr(model.config, _arch(model.config).ffn_key)
+
+
+def resized_config(
+    config: PretrainedConfig,
+    *,
+    num_layers: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_attention_heads: int,
+) -> PretrainedConfig:
+    """A copy of ``config`` at a new shape (vocabulary, activations, positions unchanged)."""
+    arch = _arch(config)
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = num_layers
+    config.hidden_size = hidden_size
+    config.num_attention_heads = num_attention_heads
+    setattr(config, arch.ffn_key, intermediate_size)
+    for key in arch.follows_hidden:
+        setattr(config, key, hidden_size)
+    return config
