@@ -1,0 +1,1 @@
+"""Measurements: task quality, fidelity to the teacher, and efficiency."""

@@ -1,0 +1,55 @@
+"""Logit distillation from a frozen, fine-tuned teacher.
+
+``loss=kl``: Hinton et al. 2015 — ``α·CE(z_S, y) + (1−α)·τ²·KL(p_T^τ ‖ p_S^τ)``.
+``loss=mse``: Tang et al. 2019 — ``α·CE(z_S, y) + (1−α)·‖z_S − z_T‖²``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from slimnlp.errors import ConfigError
+from slimnlp.losses.kd import kd_kl, logits_mse
+from slimnlp.techniques.base import Technique
+
+LOSSES = ("kl", "mse")
+
+
+def check_kd_weights(alpha: float, temperature: float, key: str = "technique") -> None:
+    """Shared by every technique with a Hinton-style soft loss."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"{key}.alpha", alpha, "the weight of the hard-label loss must lie in [0, 1]")
+    if temperature <= 0:
+        raise ConfigError(f"{key}.temperature", temperature, "the softmax temperature must be > 0")
+
+
+class LogitKD(Technique):
+    requires_teacher = True
+
+    def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
+        self.check_hparams(alpha=alpha, temperature=temperature, loss=loss)
+        super().__init__(**base)
+        self.alpha, self.temperature, self.loss_kind = alpha, temperature, loss
+
+    @classmethod
+    def check_hparams(cls, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **_: Any) -> None:
+        check_kd_weights(alpha, temperature)
+        if loss not in LOSSES:
+            raise ConfigError("technique.loss", loss, f"allowed: {', '.join(LOSSES)}")
+
+    def teacher_logits(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.teacher_outputs(batch).logits
+
+    def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits_S = self(batch)
+        logits_T = self.teacher_logits(batch)
+        ce = F.cross_entropy(logits_S, batch["labels"])
+        if self.loss_kind == "kl":
+            soft = kd_kl(logits_S, logits_T, self.temperature)
+        else:
+            soft = logits_mse(logits_S, logits_T)
+        return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, f"loss/kd_{self.loss_kind}": soft}

@@ -1,0 +1,250 @@
+"""``python train.py ...``: compose the config, build data, teacher, student and technique, train,
+evaluate, measure, and write ``results.json``. The only module besides ``config.py`` that knows Hydra."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from slimnlp.config import check_command_line, config_dir, config_hash, find_error, to_plain
+from slimnlp.errors import ConfigError
+from slimnlp.metrics.efficiency import efficiency_metrics, weights_bytes
+from slimnlp.models.assets import resolve_pretrained
+from slimnlp.models.loading import load_classifier, load_tokenizer, set_attention_implementation
+from slimnlp.results import RESULTS_FILE, build_results, write_json_atomic
+from slimnlp.runner import fit_and_test, make_trainer
+from slimnlp.summary import print_summary
+from slimnlp.teachers import load_teacher
+from slimnlp.techniques.base import TaskInfo, Technique
+
+log = logging.getLogger("slimnlp")
+RUN_INFO_FILE = "run_info.json"
+STUDENT_RUNNER_KEYS = ("name", "init_from")  # read by the runner, not passed to the student builder
+INIT_SOURCES = ("pretrained", "finetuned")
+
+
+# ----------------------------------------------------------------------------- choices and checks
+def choice(group: str, fallback: str) -> str:
+    """The option the user picked for a config group (``technique=kd`` → ``kd``)."""
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group) or fallback)
+    except ValueError:  # not inside a Hydra app (a notebook, a test composing by hand)
+        return fallback
+
+
+def technique_class(cfg: DictConfig) -> type[Technique]:
+    cls = get_class(cfg.technique._target_)
+    if not (isinstance(cls, type) and issubclass(cls, Technique)):
+        raise ConfigError("technique._target_", cfg.technique._target_, "a subclass of slimnlp Technique")
+    hparams = {k: v for k, v in cfg.technique.items() if not str(k).startswith("_")}
+    try:  # unknown keys fail now, not after the teacher has been fine-tuned
+        inspect.signature(cls).bind_partial(**hparams)
+    except TypeError as err:
+        raise ConfigError("technique", sorted(hparams), f"{cls.__name__} rejects them: {err}") from None
+    cls.check_hparams(**hparams)
+    return cls
+
+
+# ---------------------------------------------------------------------------------------- resume
+def write_run_info(run_dir: Path, chash: str) -> None:
+    write_json_atomic(
+        run_dir / RUN_INFO_FILE,
+        {"config_hash": chash, "started_at": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:]},
+    )
+
+
+def find_resume_checkpoint(cfg: DictConfig, run_dir: Path, chash: str) -> str | None:
+    """``resume=true``: the newest unfinished run of this exact config; ``resume=<path>``: that one."""
+    if cfg.resume in (False, None, "false"):
+        return None
+    if cfg.resume not in (True, "true"):
+        path = Path(str(cfg.resume))
+        path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError("resume", str(cfg.resume), "true, false, a .ckpt file or a run folder with checkpoints/last.ckpt")
+        return str(path)
+    candidates = []
+    for info_file in Path(cfg.paths.runs_dir).glob(f"*/{RUN_INFO_FILE}"):
+        folder = info_file.parent
+        last = folder / "checkpoints" / "last.ckpt"
+        if folder == run_dir or (folder / RESULTS_FILE).exists() or not last.exists():
+            continue
+        if json.loads(info_file.read_text()).get("config_hash") == chash:
+            candidates.append((last.stat().st_mtime, last))
+    if not candidates:
+        log.warning("resume=true: no unfinished run of this config under %s; starting afresh", cfg.paths.runs_dir)
+        return None
+    return str(max(candidates)[1])
+
+
+# ----------------------------------------------------------------------------------------- models
+def build_student(cfg: DictConfig, init_model: Any, num_labels: int) -> Any:
+    builder_cfg = OmegaConf.masked_copy(cfg.student, [k for k in cfg.student if k not in STUDENT_RUNNER_KEYS])
+    builder = instantiate(builder_cfg, _partial_=True)
+    return builder(teacher=init_model, num_labels=num_labels)
+
+
+def init_source(cfg: DictConfig) -> str:
+    source = cfg.student.get("init_from", "pretrained")
+    if source not in INIT_SOURCES:
+        raise ConfigError("student.init_from", source, f"allowed: {', '.join(INIT_SOURCES)}")
+    return source
+
+
+def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        extra = {"tags": [*tags, *node.get("tags", [])]} if "tags" in node else {}
+        loggers.append(instantiate(node, **extra))
+        log.debug("logger %s enabled", name)
+    return loggers
+
+
+def finish_loggers(loggers: list[Any], metrics: dict[str, float], step: int) -> None:
+    for lg in loggers:
+        lg.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=step)
+        summary = getattr(getattr(lg, "experiment", None), "summary", None)
+        if summary is not None and hasattr(summary, "update"):  # W&B: final metrics as run summary
+            summary.update(metrics)
+        lg.finalize("success")
+
+
+# -------------------------------------------------------------------------------------------- run
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """One run end to end; returns the results dict that was written to ``results.json``."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(cfg)
+    resume_ckpt = find_resume_checkpoint(cfg, run_dir, chash)
+    write_run_info(run_dir, chash)
+    OmegaConf.save(OmegaConf.create(to_plain(cfg)), run_dir / "config.yaml")  # resolved, as run
+
+    technique_name = choice("technique", cfg.technique._target_.rsplit(".", 1)[-1])
+    cls = technique_class(cfg)
+    source_init = init_source(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    teacher_source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
+    tokenizer = load_tokenizer(teacher_source)
+    dm = instantiate(cfg.data, tokenizer=tokenizer)
+    dm.prepare_data()
+    dm.setup("fit")
+    write_json_atomic(run_dir / "split.json", dm.split_summary())
+    task = TaskInfo.from_datamodule(dm)
+
+    attn = "eager" if cls.needs_attentions else "sdpa"
+    if source_init == "pretrained":  # build now: a bad student config fails before teacher fine-tuning
+        pretrained = load_classifier(teacher_source, num_labels=dm.num_labels, label_names=list(dm.label_names))
+        student = build_student(cfg, pretrained, dm.num_labels)
+        del pretrained
+    teacher, teacher_dir = load_teacher(cfg, tokenizer, dm.num_labels, attn_implementation=attn)
+    if source_init == "finetuned":
+        student = build_student(cfg, teacher, dm.num_labels)
+    set_attention_implementation(student, attn)
+
+    L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
+    technique = instantiate(
+        cfg.technique,
+        student=student,
+        teacher=teacher,
+        task=task,
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr_scheduler=cfg.optim.lr_scheduler,
+        _recursive_=True,
+    )
+    tags = [technique_name, cfg.student.name, task.name, *cfg.get("tags", [])]
+    loggers = make_loggers(cfg, tags)
+    for lg in loggers:
+        lg.log_hyperparams(to_plain(cfg))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    trainer = make_trainer(cfg.trainer, callbacks=callbacks, loggers=loggers or False)
+    metrics = fit_and_test(technique, dm, trainer, ckpt_path=resume_ckpt)
+
+    exported = technique.export_student()
+    student_dir = run_dir / "student"
+    exported.save_pretrained(student_dir)
+    tokenizer.save_pretrained(student_dir)
+    for model in (exported, teacher):  # time both with the same (fast) attention kernel
+        set_attention_implementation(model, "sdpa")
+    metrics.update(
+        efficiency_metrics(
+            exported.cpu(),
+            teacher.cpu(),
+            dm.fixed_length_batch(cfg.measure.latency_batch_size),
+            repeats=cfg.measure.latency_repeats,
+            warmup=cfg.measure.latency_warmup,
+        )
+    )
+    metrics["eff/disk_bytes"] = float(weights_bytes(student_dir))
+    metrics["time/run_s"] = time.perf_counter() - started
+
+    results = build_results(
+        task=task.name,
+        technique=technique_name,
+        teacher=cfg.teacher.name,
+        student=cfg.student.name,
+        seed=cfg.seed,
+        metrics=metrics,
+        run_dir=run_dir,
+        artifacts={
+            "student_dir": str(student_dir),
+            "teacher_dir": str(teacher_dir),
+            "best_checkpoint": next(
+                (str(p) for p in sorted((run_dir / "checkpoints").glob("best*.ckpt"))), None
+            ),
+            "resumed_from": resume_ckpt,
+        },
+        config=to_plain(cfg),
+        extra={"config_hash": chash, "layer_map": getattr(exported.config, "slimnlp_layer_map", None)},
+    )
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    finish_loggers(loggers, metrics, trainer.global_step)
+    print_summary(results)
+    return results
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", "?")
+        _exit_with(f"{key} is required: set it on the command line ({key}=...)")
+    except Exception as err:  # noqa: BLE001 — bad input must end in one line, everything else re-raises
+        config_error = find_error(err)
+        if config_error is None:
+            raise
+        _exit_with(str(config_error))
+    primary = results["metrics"].get(f"val/{cfg.data.primary_metric}")
+    return primary  # the objective Optuna sweeps maximize
+
+
+def _exit_with(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):
+        try:
+            check_command_line(args)
+        except ConfigError as err:
+            _exit_with(str(err))
+    _hydra_main()

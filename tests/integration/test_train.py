@@ -1,0 +1,86 @@
+"""End-to-end runs of the real runner on a tiny teacher and corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from helpers import compose_run_config, save_tiny_teacher, tiny_overrides, write_corpus
+
+from slimnlp.train import run
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = write_corpus(root / "corpus.csv")
+    teacher = save_tiny_teacher(root / "teacher_pretrained", minilm_dir)
+    return root, corpus, teacher
+
+
+def _run(tiny_setup, name: str, *extra: str):
+    root, corpus, teacher = tiny_setup
+    cfg = compose_run_config([*tiny_overrides(root, corpus, teacher), *extra], root / "outputs" / "runs" / name)
+    return run(cfg)
+
+
+def test_kd_run_writes_complete_results(tiny_setup):
+    results = _run(tiny_setup, "kd", "technique=kd", "student=2L")
+    m = results["metrics"]
+    run_dir = tiny_setup[0] / "outputs" / "runs" / "kd"
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["metrics"] == pytest.approx(m)
+    assert (on_disk["task"], on_disk["technique"], on_disk["teacher"], on_disk["student"], on_disk["seed"]) == (
+        "tiny", "kd", "tiny_bert", "2L", 42,
+    )
+    for key in ("val/acc", "test/acc", "test/f1", "teacher/test/acc", "eff/params", "teacher/eff/params",
+                "eff/latency_ms", "teacher/eff/latency_ms", "eff/speedup", "fidelity/agreement"):
+        assert key in m, key
+    # The fine-tuned teacher learned the cue words; the 2-layer student learned them from it.
+    assert m["teacher/test/acc"] > 0.8
+    assert m["test/acc"] > 0.6
+    assert 0.0 <= m["fidelity/agreement"] <= 1.0
+    # 2 of 4 layers: fewer parameters, measured latency lower.
+    assert m["eff/params"] < m["teacher/eff/params"]
+    assert m["eff/speedup"] > 1.0
+    # Everything a later stage or a report needs is in the run folder.
+    for name in ("config.yaml", "split.json", "student/config.json", "student/model.safetensors"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "checkpoints").glob("best*.ckpt"))
+    assert on_disk["layer_map"] == [1, 3]
+
+
+def test_kd_training_loss_decreases(tiny_setup):
+    _run(tiny_setup, "kd_loss", "technique=kd", "student=2L")
+    log = pd.read_csv(tiny_setup[0] / "outputs" / "runs" / "kd_loss" / "csv" / "metrics.csv")
+    losses = log["train/loss"].dropna().to_numpy()
+    assert len(losses) >= 6
+    assert losses[-3:].mean() < losses[:3].mean() * 0.8
+
+
+def test_teacher_is_fine_tuned_once_then_reused(tiny_setup, caplog):
+    _run(tiny_setup, "ft_a", "technique=finetune", "student=2L")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        results = _run(tiny_setup, "ft_b", "technique=finetune", "student=2L")
+    assert any("reusing the cached fine-tuned" in r.getMessage() for r in caplog.records)
+    assert not any("fine-tuning it first" in r.getMessage() for r in caplog.records)
+    assert results["artifacts"]["teacher_dir"].startswith(str(tiny_setup[0] / "outputs" / "teachers"))
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_setup):
+    crash = ["+callbacks.crash._target_=helpers.CrashAtStep", "+callbacks.crash.step=5",
+             "callbacks.last_checkpoint.every_n_train_steps=2", "technique=kd", "student=2L", "seed=7"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tiny_setup, "crashed", *crash)
+    crashed_dir = tiny_setup[0] / "outputs" / "runs" / "crashed"
+    assert (crashed_dir / "checkpoints" / "last.ckpt").exists()
+    assert not (crashed_dir / "results.json").exists()  # no half-written results
+
+    resumed = _run(tiny_setup, "resumed", "callbacks.last_checkpoint.every_n_train_steps=2", "technique=kd",
+                   "student=2L", "seed=7", "resume=true")
+    assert resumed["artifacts"]["resumed_from"] == str(crashed_dir / "checkpoints" / "last.ckpt")
+    log = pd.read_csv(tiny_setup[0] / "outputs" / "runs" / "resumed" / "csv" / "metrics.csv")
+    first_logged_step = log.dropna(subset=["train/loss"])["step"].min()
+    assert first_logged_step >= 4  # continued after the crash's last checkpoint, not from step 0
