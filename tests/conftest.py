@@ -53,3 +53,59 @@ def tiny_bert(tokenizer):
         num_labels=3,
     )
     return BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture()
+def tiny_batch(tokenizer):
+    """One padded batch of 4 examples as the DataModule yields it (labels and example ids included)."""
+    import torch
+
+    texts = ["a great movie", "the worst day ever, really awful", "it is a table", "love it"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([2, 0, 1, 2])
+    batch["idx"] = torch.arange(4)
+    return batch
+
+
+@pytest.fixture()
+def tiny_pair(tiny_bert):
+    """(student, teacher): a 2-layer student cut from the 4-layer tiny teacher (layers 1 and 3)."""
+    from slimnlp.models.students import layer_subset
+
+    return layer_subset(tiny_bert, num_labels=3, num_layers=2, init="skip"), tiny_bert
+
+
+def technique_kwargs(student, teacher=None, num_labels: int = 3, lr: float = 1e-3) -> dict:
+    """The arguments the runner passes to every technique, for a tiny 3-class task."""
+    from functools import partial
+
+    import torch
+
+    from slimnlp.techniques.base import TaskInfo
+
+    return {
+        "student": student,
+        "teacher": teacher,
+        "task": TaskInfo(name="tiny", num_labels=num_labels),
+        "optimizer": partial(torch.optim.AdamW, lr=lr),
+    }
+
+
+def fit_steps(technique, batch, steps: int = 1):
+    """Run ``steps`` real Lightning training steps on ``batch``; returns the Trainer (logged metrics in
+    ``trainer.callback_metrics``)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader([batch] * steps, batch_size=None)
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(technique, train_dataloaders=loader)
+    return trainer

@@ -28,11 +28,16 @@ def fit_and_test(
     datamodule: L.LightningDataModule,
     trainer: L.Trainer,
     ckpt_path: str | None = None,
+    select_best: bool = True,
+    test: bool = True,
 ) -> dict[str, float]:
-    """Train (unless post-training), reload the best validation checkpoint, validate and test it."""
+    """Train (unless post-training), reload the best validation checkpoint, validate and test it.
+
+    ``test=False`` ends after training: an intermediate stage whose student the next stage takes over.
+    """
     if technique.trains:
         trainer.fit(technique, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = best_checkpoint(trainer)
+        best = best_checkpoint(trainer) if select_best else None
         if best:
             log.info("restoring the best validation checkpoint %s", best)
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
@@ -40,6 +45,8 @@ def fit_and_test(
     else:
         datamodule.setup("fit")
         technique.compress(datamodule)
+    if not test:
+        return {}
     # Validation again on the restored weights: val/* then describe the model that is tested.
     results: list[dict[str, Any]] = [*trainer.validate(technique, datamodule=datamodule, verbose=False)]
     results += trainer.test(technique, datamodule=datamodule, verbose=False)

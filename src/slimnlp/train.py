@@ -16,10 +16,10 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-from slimnlp.config import check_command_line, config_dir, config_hash, find_error, to_plain
+from slimnlp.config import check_command_line, config_dir, config_hash, find_error, group_options, to_plain
 from slimnlp.errors import ConfigError
 from slimnlp.metrics.efficiency import efficiency_metrics, weights_bytes
 from slimnlp.models.assets import resolve_pretrained
@@ -27,6 +27,7 @@ from slimnlp.models.loading import load_classifier, load_tokenizer, set_attentio
 from slimnlp.results import RESULTS_FILE, build_results, write_json_atomic
 from slimnlp.runner import fit_and_test, make_trainer
 from slimnlp.summary import print_summary
+from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.teachers import load_teacher
 from slimnlp.techniques.base import TaskInfo, Technique
 
@@ -45,11 +46,18 @@ def choice(group: str, fallback: str) -> str:
         return fallback
 
 
+def technique_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The technique's hyperparameters as plain values (nested nodes such as schedules as dicts)."""
+    container = OmegaConf.to_container(cfg.technique, resolve=True)
+    assert isinstance(container, dict)
+    return {k: v for k, v in container.items() if not str(k).startswith("_")}
+
+
 def technique_class(cfg: DictConfig) -> type[Technique]:
     cls = get_class(cfg.technique._target_)
     if not (isinstance(cls, type) and issubclass(cls, Technique)):
         raise ConfigError("technique._target_", cfg.technique._target_, "a subclass of slimnlp Technique")
-    hparams = {k: v for k, v in cfg.technique.items() if not str(k).startswith("_")}
+    hparams = technique_hparams(cfg)
     try:  # unknown keys fail now, not after the teacher has been fine-tuned
         inspect.signature(cls).bind_partial(**hparams)
     except TypeError as err:
@@ -102,6 +110,35 @@ def init_source(cfg: DictConfig) -> str:
     if source not in INIT_SOURCES:
         raise ConfigError("student.init_from", source, f"allowed: {', '.join(INIT_SOURCES)}")
     return source
+
+
+def make_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[Any]:
+    callbacks = []
+    for node in (cfg.get("callbacks") or {}).values():
+        if node is None or "_target_" not in node:
+            continue
+        callbacks.append(instantiate(node, **({"dirpath": str(checkpoint_dir)} if "dirpath" in node else {})))
+    return callbacks
+
+
+def load_ensemble(cfg: DictConfig, tokenizer: Any, num_labels: int, attn: str) -> list[Any]:
+    """Teachers listed by ``technique.teachers`` (multi-teacher methods): each entry names a
+    ``conf/teacher`` option plus an optional seed/checkpoint, and is fine-tuned and cached like the
+    main teacher."""
+    models = []
+    for i, spec in enumerate(cfg.technique.get("teachers") or []):
+        name = spec.get("teacher")
+        options = group_options("teacher")
+        if name not in options:
+            raise ConfigError(f"technique.teachers[{i}].teacher", name, f"available: {', '.join(options)}")
+        member = cfg.copy()
+        with open_dict(member):
+            member.teacher = OmegaConf.load(config_dir() / "teacher" / f"{name}.yaml")
+            member.seed = spec.get("seed") if spec.get("seed") is not None else cfg.seed
+            if spec.get("checkpoint"):
+                member.teacher.checkpoint = spec.checkpoint
+        models.append(load_teacher(member, tokenizer, num_labels, attn_implementation=attn)[0])
+    return models
 
 
 def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
@@ -158,25 +195,49 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         student = build_student(cfg, teacher, dm.num_labels)
     set_attention_implementation(student, attn)
 
-    L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
-    technique = instantiate(
-        cfg.technique,
-        student=student,
-        teacher=teacher,
-        task=task,
-        optimizer=instantiate(cfg.optim.optimizer),
-        lr_scheduler=cfg.optim.lr_scheduler,
-        _recursive_=True,
-    )
+    teachers = load_ensemble(cfg, tokenizer, dm.num_labels, attn)
+    stages = cls.stages(**technique_hparams(cfg))
+    if resume_ckpt and len(stages) > 1:
+        raise ConfigError("resume", cfg.resume, f"{technique_name} runs {len(stages)} stages; resume a single stage "
+                          "(technique.stage=...) instead")
     tags = [technique_name, cfg.student.name, task.name, *cfg.get("tags", [])]
     loggers = make_loggers(cfg, tags)
     for lg in loggers:
         lg.log_hyperparams(to_plain(cfg))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
-    trainer = make_trainer(cfg.trainer, callbacks=callbacks, loggers=loggers or False)
-    metrics = fit_and_test(technique, dm, trainer, ckpt_path=resume_ckpt)
 
-    exported = technique.export_student()
+    L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
+    technique_cfg = OmegaConf.masked_copy(cfg.technique, [k for k in cfg.technique if k != "teachers"])
+    for i, stage in enumerate(stages):
+        final = i == len(stages) - 1
+        if len(stages) > 1:
+            log.info("stage %d/%d: %s", i + 1, len(stages), stage.name)
+        build = instantiate(technique_cfg, _partial_=True, **stage.hparams)
+        technique = build(
+            student=student,
+            teacher=teacher,
+            task=task,
+            optimizer=instantiate(cfg.optim.optimizer),
+            lr_scheduler=cfg.optim.lr_scheduler,
+            **({"teachers": teachers} if teachers else {}),
+        )
+        if cfg.cache_teacher_logits and technique.uses_teacher_logits_only:
+            technique.logit_cache = TeacherLogitCache.for_run(
+                Path(cfg.paths.cache_dir) / "teacher_logits", teacher_dir, dm.fingerprint,
+                len(dm.datasets["train"]), dm.num_labels,
+            )
+        checkpoints = run_dir / "checkpoints" / (stage.name if len(stages) > 1 else "")
+        trainer = make_trainer(
+            cfg.trainer,
+            callbacks=make_callbacks(cfg, checkpoints),
+            loggers=loggers or False,
+            **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
+        )
+        metrics = fit_and_test(
+            technique, dm, trainer, ckpt_path=resume_ckpt, select_best=stage.select_best, test=final
+        )
+        student = technique.export_student()
+
+    exported = student
     student_dir = run_dir / "student"
     exported.save_pretrained(student_dir)
     tokenizer.save_pretrained(student_dir)
@@ -205,13 +266,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         artifacts={
             "student_dir": str(student_dir),
             "teacher_dir": str(teacher_dir),
-            "best_checkpoint": next(
-                (str(p) for p in sorted((run_dir / "checkpoints").glob("best*.ckpt"))), None
-            ),
+            "best_checkpoint": next((str(p) for p in sorted(checkpoints.glob("best*.ckpt"))), None),
             "resumed_from": resume_ckpt,
         },
         config=to_plain(cfg),
-        extra={"config_hash": chash, "layer_map": getattr(exported.config, "slimnlp_layer_map", None)},
+        extra={
+            "config_hash": chash,
+            "stages": [stage.name for stage in stages],
+            "layer_map": getattr(exported.config, "slimnlp_layer_map", None),
+        },
     )
     write_json_atomic(run_dir / RESULTS_FILE, results)
     finish_loggers(loggers, metrics, trainer.global_step)

@@ -16,7 +16,7 @@ comparison between techniques fair.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -29,9 +29,21 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from slimnlp.errors import ConfigError
 from slimnlp.metrics.classification import metric_collection
+from slimnlp.teacher_cache import TeacherLogitCache
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training phase of a technique; the runner runs a technique's stages in order, handing the
+    student exported by one stage to the next (TinyBERT: intermediate → prediction layer)."""
+
+    name: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)  # overrides of the technique's hyperparameters
+    max_epochs: int | None = None  # None: trainer.max_epochs
+    select_best: bool = True  # restore the best validation checkpoint at the end of the stage
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Technique(L.LightningModule):
     needs_hidden_states: ClassVar[bool] = False  # forward passes return all hidden states
     needs_attentions: ClassVar[bool] = False  # forces eager attention (sdpa returns no attention maps)
     trains: ClassVar[bool] = True  # False: post-training technique, the runner calls compress()
+    uses_teacher_logits_only: ClassVar[bool] = False  # True: teacher logits may come from a disk cache
 
     def __init__(
         self,
@@ -81,11 +94,12 @@ class Technique(L.LightningModule):
         super().__init__()
         if self.requires_teacher and teacher is None:
             raise ConfigError("teacher", None, f"technique {type(self).__name__} needs a teacher")
-        self.student = student
+        self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.task = task
         self.optimizer_factory = optimizer
         self.lr_scheduler_cfg = dict(lr_scheduler or {})
         self._set_teacher(teacher)
+        self.logit_cache: TeacherLogitCache | None = None  # attached by the runner when allowed
         self.val_metrics = metric_collection(task.metrics, task.num_labels, prefix="val/")
         self.test_metrics = nn.ModuleDict()
         for split in task.test_split_names:
@@ -143,10 +157,29 @@ class Technique(L.LightningModule):
             raise RuntimeError("teacher returned no attention maps: load it with attn_implementation='eager'")
         return out
 
+    def teacher_logits(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Teacher logits for a training batch, from the per-example cache when one is attached."""
+        cache = self.logit_cache if self.training and "idx" in batch else None
+        if cache is not None and (cached := cache.get(batch["idx"])) is not None:
+            return cached.to(self.device)
+        logits = self.teacher_outputs(batch).logits
+        if cache is not None:
+            cache.put(batch["idx"], logits)
+        return logits
+
+    def on_train_epoch_end(self) -> None:
+        if self.logit_cache is not None:
+            self.logit_cache.save_if_complete()
+
     # ------------------------------------------------------------ extension points
     @classmethod
     def check_hparams(cls, **hparams: Any) -> None:
         """Validate hyperparameters before any model is loaded or trained; raise ConfigError."""
+
+    @classmethod
+    def stages(cls, **hparams: Any) -> list[Stage]:
+        """The training phases this configuration runs. Default: one."""
+        return [Stage("train")]
 
     def prepare_student(self) -> None:
         """Rewrite the student's modules once, before the optimizer sees them. Default: nothing."""

@@ -29,6 +29,7 @@ def check_kd_weights(alpha: float, temperature: float, key: str = "technique") -
 
 class LogitKD(Technique):
     requires_teacher = True
+    uses_teacher_logits_only = True
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
         self.check_hparams(alpha=alpha, temperature=temperature, loss=loss)
@@ -40,9 +41,6 @@ class LogitKD(Technique):
         check_kd_weights(alpha, temperature)
         if loss not in LOSSES:
             raise ConfigError("technique.loss", loss, f"allowed: {', '.join(LOSSES)}")
-
-    def teacher_logits(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.teacher_outputs(batch).logits
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits_S = self(batch)
