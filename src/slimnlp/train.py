@@ -29,7 +29,7 @@ from slimnlp.runner import fit_and_test, make_trainer
 from slimnlp.summary import print_summary
 from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.teachers import load_teacher
-from slimnlp.techniques.base import TaskInfo, Technique
+from slimnlp.techniques.base import Stage, TaskInfo, Technique
 
 log = logging.getLogger("slimnlp")
 RUN_INFO_FILE = "run_info.json"
@@ -161,6 +161,70 @@ def finish_loggers(loggers: list[Any], metrics: dict[str, float], step: int) -> 
         lg.finalize("success")
 
 
+def train_stages(
+    cfg: DictConfig,
+    stages: list[Stage],
+    student: Any,
+    teacher: Any,
+    teacher_dir: Path,
+    teachers: list[Any],
+    dm: Any,
+    task: TaskInfo,
+    loggers: list[Any],
+    resume_ckpt: str | None,
+) -> tuple[Any, dict[str, float], Path]:
+    """Run the technique's stages in order, each taking over the student the previous one exported;
+    returns the final student, the final stage's val/test metrics and its checkpoint folder."""
+    run_dir = Path(cfg.paths.output_dir)
+    technique_cfg = OmegaConf.masked_copy(cfg.technique, [k for k in cfg.technique if k != "teachers"])
+    metrics: dict[str, float] = {}
+    for i, stage in enumerate(stages):
+        final = i == len(stages) - 1
+        if len(stages) > 1:
+            log.info("stage %d/%d: %s", i + 1, len(stages), stage.name)
+        build = instantiate(technique_cfg, _partial_=True, **stage.hparams)
+        technique = build(
+            student=student,
+            teacher=teacher,
+            task=task,
+            optimizer=instantiate(cfg.optim.optimizer),
+            lr_scheduler=cfg.optim.lr_scheduler,
+            **({"teachers": teachers} if teachers else {}),
+        )
+        if cfg.cache_teacher_logits and technique.uses_teacher_logits_only:
+            technique.logit_cache = TeacherLogitCache.for_run(
+                Path(cfg.paths.cache_dir) / "teacher_logits", teacher_dir, dm.fingerprint,
+                len(dm.datasets["train"]), dm.num_labels,
+            )
+        checkpoints = run_dir / "checkpoints" / (stage.name if len(stages) > 1 else "")
+        trainer = make_trainer(
+            cfg.trainer,
+            callbacks=make_callbacks(cfg, checkpoints),
+            loggers=loggers or False,
+            **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
+        )
+        metrics = fit_and_test(
+            technique, dm, trainer, ckpt_path=resume_ckpt, select_best=stage.select_best, test=final
+        )
+        student = technique.export_student()
+    return student, metrics, checkpoints
+
+
+def measure_efficiency(cfg: DictConfig, student: Any, teacher: Any, dm: Any, student_dir: Path) -> dict[str, float]:
+    """Parameters, bytes on disk and latency of the exported student against the teacher, on the CPU."""
+    for model in (student, teacher):  # time both with the same (fast) attention kernel
+        set_attention_implementation(model, "sdpa")
+    metrics = efficiency_metrics(
+        student.cpu(),
+        teacher.cpu(),
+        dm.fixed_length_batch(cfg.measure.latency_batch_size),
+        repeats=cfg.measure.latency_repeats,
+        warmup=cfg.measure.latency_warmup,
+    )
+    metrics["eff/disk_bytes"] = float(weights_bytes(student_dir))
+    return metrics
+
+
 # -------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One run end to end; returns the results dict that was written to ``results.json``."""
@@ -206,53 +270,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(to_plain(cfg))
 
     L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
-    technique_cfg = OmegaConf.masked_copy(cfg.technique, [k for k in cfg.technique if k != "teachers"])
-    for i, stage in enumerate(stages):
-        final = i == len(stages) - 1
-        if len(stages) > 1:
-            log.info("stage %d/%d: %s", i + 1, len(stages), stage.name)
-        build = instantiate(technique_cfg, _partial_=True, **stage.hparams)
-        technique = build(
-            student=student,
-            teacher=teacher,
-            task=task,
-            optimizer=instantiate(cfg.optim.optimizer),
-            lr_scheduler=cfg.optim.lr_scheduler,
-            **({"teachers": teachers} if teachers else {}),
-        )
-        if cfg.cache_teacher_logits and technique.uses_teacher_logits_only:
-            technique.logit_cache = TeacherLogitCache.for_run(
-                Path(cfg.paths.cache_dir) / "teacher_logits", teacher_dir, dm.fingerprint,
-                len(dm.datasets["train"]), dm.num_labels,
-            )
-        checkpoints = run_dir / "checkpoints" / (stage.name if len(stages) > 1 else "")
-        trainer = make_trainer(
-            cfg.trainer,
-            callbacks=make_callbacks(cfg, checkpoints),
-            loggers=loggers or False,
-            **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
-        )
-        metrics = fit_and_test(
-            technique, dm, trainer, ckpt_path=resume_ckpt, select_best=stage.select_best, test=final
-        )
-        student = technique.export_student()
-
+    student, metrics, checkpoints = train_stages(
+        cfg, stages, student, teacher, teacher_dir, teachers, dm, task, loggers, resume_ckpt
+    )
     exported = student
     student_dir = run_dir / "student"
     exported.save_pretrained(student_dir)
     tokenizer.save_pretrained(student_dir)
-    for model in (exported, teacher):  # time both with the same (fast) attention kernel
-        set_attention_implementation(model, "sdpa")
-    metrics.update(
-        efficiency_metrics(
-            exported.cpu(),
-            teacher.cpu(),
-            dm.fixed_length_batch(cfg.measure.latency_batch_size),
-            repeats=cfg.measure.latency_repeats,
-            warmup=cfg.measure.latency_warmup,
-        )
-    )
-    metrics["eff/disk_bytes"] = float(weights_bytes(student_dir))
+    metrics.update(measure_efficiency(cfg, exported, teacher, dm, student_dir))
     metrics["time/run_s"] = time.perf_counter() - started
 
     results = build_results(
@@ -277,7 +302,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
     )
     write_json_atomic(run_dir / RESULTS_FILE, results)
-    finish_loggers(loggers, metrics, trainer.global_step)
+    finish_loggers(loggers, metrics, step=0)
     print_summary(results)
     return results
 
