@@ -1,0 +1,1 @@
+"""Pure-torch building blocks that techniques put into or around a model (no Lightning, no Hydra)."""

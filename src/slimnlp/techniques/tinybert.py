@@ -1,0 +1,198 @@
+"""TinyBERT task-specific distillation.
+
+Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language Understanding" (Findings of EMNLP),
+reference code huawei-noah/Pretrained-Language-Model ``TinyBERT/task_distill.py``. Two stages:
+
+1. ``intermediate`` (transformer-layer distillation, eq. 7–9, 11):
+   ``L = MSE(E_S·W, E_T) + Σ_m MSE(H_S,m·W, H_T,g(m)) + Σ_m 1/h Σ_i MSE(A_S,m,i, A_T,g(m),i)``
+   with embeddings ``E``, layer outputs ``H``, *pre-softmax* attention scores ``A = QKᵀ/√d`` and the
+   uniform map ``g`` (``students.uniform_layer_map``; 12→4 gives student layer m → teacher layer 3m, and
+   the embedding layer 0 → 0). ``W`` is a learnable ``nn.Linear(d_S, d_T)`` owned by this technique (trained
+   and checkpointed, never exported; none when the widths match). As in the reference (``fit_dense``) one
+   ``W`` serves the embeddings and every layer; the paper writes a separate ``W_e`` for eq. 9. The classifier
+   gets no gradient, so validation accuracy means nothing in this stage (``select_best=False``).
+2. ``prediction`` (eq. 10): ``L = α·CE(z_S, y) + (1−α)·CE_soft(z_T/t, z_S/t)``, ``α = 0`` as in the paper.
+
+Scores come from Q/K hooks (``slimnlp.models.capture``), which work with sdpa too, so no eager attention is
+needed. The paper's data augmentation (GloVe neighbours + a BERT MLM head) is not implemented: the offline
+teachers ship neither.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimnlp.errors import ConfigError
+from slimnlp.losses.kd import soft_cross_entropy
+from slimnlp.losses.tinybert import attention_mse, embedding_mse, hidden_mse
+from slimnlp.models import structure
+from slimnlp.models.capture import QKV, attention_scores, capture_qkv
+from slimnlp.models.students import uniform_layer_map
+from slimnlp.techniques.base import Stage, Technique
+from slimnlp.techniques.kd import check_kd_weights
+
+log = logging.getLogger(__name__)
+
+STAGES = ("both", "intermediate", "prediction")
+
+
+class TinyBERT(Technique):
+    requires_teacher = True
+    needs_hidden_states = True
+
+    def __init__(
+        self,
+        stage: str = "both",
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        layer_map: list[int] | None = None,
+        intermediate_epochs: int | None = None,
+        prediction_epochs: int | None = None,
+        **base: Any,
+    ) -> None:
+        self.check_hparams(stage, temperature, alpha, layer_map, intermediate_epochs, prediction_epochs)
+        if stage == "both":
+            raise ConfigError(
+                "technique.stage",
+                stage,
+                "intermediate or prediction when built directly; stage=both is run "
+                "by the runner as the two stages of TinyBERT.stages()",
+            )
+        super().__init__(**base)
+        self.stage, self.temperature, self.alpha = stage, temperature, alpha
+        # The prediction stage reads nothing but teacher logits (the runner may then serve them from its disk
+        # cache); only the intermediate stage needs hidden states.
+        self.uses_teacher_logits_only = stage == "prediction"
+        self.needs_hidden_states = stage == "intermediate"
+        self.proj: nn.Linear | None = None
+        self.layer_map: list[int] = []
+        if stage == "intermediate":
+            self._setup_intermediate(layer_map)
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def check_hparams(
+        cls,
+        stage: str = "both",
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        layer_map: list[int] | None = None,
+        intermediate_epochs: int | None = None,
+        prediction_epochs: int | None = None,
+        **_: Any,
+    ) -> None:
+        if stage not in STAGES:
+            raise ConfigError("technique.stage", stage, f"allowed: {', '.join(STAGES)}")
+        check_kd_weights(alpha, temperature)
+        if layer_map is not None and not (
+            isinstance(layer_map, Sequence)
+            and not isinstance(layer_map, str)
+            and layer_map
+            and all(_is_index(i) for i in layer_map)
+        ):
+            raise ConfigError(
+                "technique.layer_map",
+                layer_map,
+                "null (uniform map) or a teacher layer index >= 0 per student layer",
+            )
+        for key, value in (
+            ("intermediate_epochs", intermediate_epochs),
+            ("prediction_epochs", prediction_epochs),
+        ):
+            if value is not None and not (_is_index(value) and value >= 1):
+                raise ConfigError(f"technique.{key}", value, "null (trainer.max_epochs) or an integer >= 1")
+
+    @classmethod
+    def stages(
+        cls,
+        stage: str = "both",
+        intermediate_epochs: int | None = None,
+        prediction_epochs: int | None = None,
+        **_: Any,
+    ) -> list[Stage]:
+        # The intermediate stage never trains the classifier: its validation accuracy cannot pick a checkpoint.
+        intermediate = Stage(
+            "intermediate", {"stage": "intermediate"}, intermediate_epochs, select_best=False
+        )
+        prediction = Stage("prediction", {"stage": "prediction"}, prediction_epochs)
+        return {
+            "both": [intermediate, prediction],
+            "intermediate": [intermediate],
+            "prediction": [prediction],
+        }[stage]
+
+    def _setup_intermediate(self, layer_map: list[int] | None) -> None:
+        teacher, student = self.teacher, self.student
+        assert teacher is not None
+        num_S, num_T = structure.num_layers(student), structure.num_layers(teacher)
+        if layer_map is None:
+            layer_map = uniform_layer_map(num_S, num_T)
+        elif len(layer_map) != num_S or max(layer_map) >= num_T:
+            raise ConfigError(
+                "technique.layer_map",
+                list(layer_map),
+                f"{num_S} teacher layer indices (one per student layer) in 0..{num_T - 1}",
+            )
+        heads_S, heads_T = structure.num_attention_heads(student), structure.num_attention_heads(teacher)
+        if heads_S != heads_T:
+            raise ConfigError(
+                "student.num_attention_heads",
+                heads_S,
+                f"{heads_T} (the teacher's): TinyBERT's attention loss compares the heads one to one",
+            )
+        self.layer_map = list(layer_map)
+        width_S, width_T = structure.hidden_size(student), structure.hidden_size(teacher)
+        if width_S != width_T:
+            self.proj = nn.Linear(width_S, width_T)
+        log.info(
+            "tinybert: teacher layer -> student layer: embeddings->embeddings, %s; projection %s",
+            ", ".join(f"{t}->{s}" for s, t in enumerate(self.layer_map)),
+            f"{width_S}->{width_T}" if self.proj is not None else "none (equal widths)",
+        )
+
+    # ----------------------------------------------------------------- training
+    def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if self.stage == "intermediate":
+            return self._intermediate_loss(batch)
+        logits_S = self(batch)
+        pred = soft_cross_entropy(logits_S, self.teacher_logits(batch), self.temperature)
+        ce = F.cross_entropy(logits_S, batch["labels"])
+        return {"loss": self.alpha * ce + (1.0 - self.alpha) * pred, "loss/pred": pred, "loss/ce": ce}
+
+    def _intermediate_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        assert self.teacher is not None
+        teacher_layers = sorted(set(self.layer_map))
+        with capture_qkv(self.student) as qkv_S:
+            out_S = self.student_outputs(batch)
+        with capture_qkv(self.teacher, teacher_layers) as qkv_T:
+            out_T = self.teacher_outputs(batch)
+        _require_captured(qkv_S, range(len(self.layer_map)), "student")
+        _require_captured(qkv_T, teacher_layers, "teacher")
+        h_S, h_T = out_S.hidden_states, out_T.hidden_states
+        emb = embedding_mse(h_S[0], h_T[0], self.proj)
+        hidden = attn = h_S[0].new_zeros(())
+        for s, t in enumerate(self.layer_map):
+            hidden = hidden + hidden_mse(h_S[s + 1], h_T[t + 1], self.proj)
+            scores_S = attention_scores(qkv_S[s].query, qkv_S[s].key)
+            scores_T = attention_scores(qkv_T[t].query, qkv_T[t].key)
+            attn = attn + attention_mse(scores_S, scores_T, batch["attention_mask"])
+        return {"loss": emb + hidden + attn, "loss/emb": emb, "loss/hidden": hidden, "loss/attn": attn}
+
+
+def _require_captured(captured: dict[int, QKV], layers: Any, who: str) -> None:
+    """The attention loss must never silently run on nothing (e.g. a model whose projections were not hooked)."""
+    missing = [i for i in layers if i not in captured or captured[i].query.numel() == 0]
+    if missing:
+        raise RuntimeError(
+            f"tinybert: no attention scores captured from the {who} for layers {missing}; "
+            "the attention loss would be computed on nothing"
+        )
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
