@@ -176,7 +176,8 @@ def train_stages(
     """Run the technique's stages in order, each taking over the student the previous one exported;
     returns the final student, the final stage's val/test metrics and its checkpoint folder."""
     run_dir = Path(cfg.paths.output_dir)
-    technique_cfg = OmegaConf.masked_copy(cfg.technique, [k for k in cfg.technique if k != "teachers"])
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg.technique, resolve=True))  # ${...} refer to the root
+    technique_cfg = OmegaConf.masked_copy(resolved, [k for k in resolved if k != "teachers"])
     metrics: dict[str, float] = {}
     for i, stage in enumerate(stages):
         final = i == len(stages) - 1

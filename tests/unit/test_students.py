@@ -15,6 +15,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.loading import load_classifier
 from slimnlp.models.students import describe, layer_subset, pretrained, resized, uniform_layer_map
+from slimnlp.train import STUDENT_RUNNER_KEYS
 
 STUDENT_CONF = Path(__file__).resolve().parents[2] / "conf" / "student"
 
@@ -277,8 +278,9 @@ def _six_layer_teacher() -> BertForSequenceClassification:
 )
 def test_layer_subset_configs(conf, layers, layer_map):
     cfg = OmegaConf.load(STUDENT_CONF / f"{conf}.yaml")
-    assert cfg.pop("name") == conf  # results-only key: the runner pops it before instantiating
-    student = instantiate(cfg)(teacher=_six_layer_teacher(), num_labels=3)
+    assert cfg.name == conf
+    builder = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in STUDENT_RUNNER_KEYS])  # as the runner does
+    student = instantiate(builder)(teacher=_six_layer_teacher(), num_labels=3)
     assert structure.num_layers(student) == layers
     assert student.config.slimnlp_layer_map == layer_map
 
