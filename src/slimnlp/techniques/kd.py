@@ -50,4 +50,4 @@ class LogitKD(Technique):
             soft = kd_kl(logits_S, logits_T, self.temperature)
         else:
             soft = logits_mse(logits_S, logits_T)
-        return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, f"loss/kd_{self.loss_kind}": soft}
+        return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, "loss/kd": soft}
