@@ -53,15 +53,28 @@ def technique_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if not str(k).startswith("_")}
 
 
+def constructor_keys(cls: type) -> set[str]:
+    """Named constructor parameters along the class hierarchy (techniques pass ``**base`` upwards)."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name != "self":
+                keys.add(param.name)
+    return keys - {"student", "teacher", "task", "optimizer", "lr_scheduler"}
+
+
 def technique_class(cfg: DictConfig) -> type[Technique]:
     cls = get_class(cfg.technique._target_)
     if not (isinstance(cls, type) and issubclass(cls, Technique)):
         raise ConfigError("technique._target_", cfg.technique._target_, "a subclass of slimnlp Technique")
     hparams = technique_hparams(cfg)
-    try:  # unknown keys fail now, not after the teacher has been fine-tuned
-        inspect.signature(cls).bind_partial(**hparams)
-    except TypeError as err:
-        raise ConfigError("technique", sorted(hparams), f"{cls.__name__} rejects them: {err}") from None
+    known = constructor_keys(cls)
+    unknown = sorted(set(hparams) - known)
+    if unknown:  # fail now, not after the teacher has been fine-tuned
+        raise ConfigError(f"technique.{unknown[0]}", hparams[unknown[0]], f"{cls.__name__} takes: {', '.join(sorted(known))}")
     cls.check_hparams(**hparams)
     return cls
 
@@ -121,10 +134,10 @@ def make_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[Any]:
     return callbacks
 
 
-def load_ensemble(cfg: DictConfig, tokenizer: Any, num_labels: int, attn: str) -> list[Any]:
+def load_ensemble(cfg: DictConfig, tokenizer: Any, num_labels: int, attn: str) -> list[tuple[Any, Path]]:
     """Teachers listed by ``technique.teachers`` (multi-teacher methods): each entry names a
     ``conf/teacher`` option plus an optional seed/checkpoint, and is fine-tuned and cached like the
-    main teacher."""
+    main teacher. Returns (model, folder) pairs."""
     models = []
     for i, spec in enumerate(cfg.technique.get("teachers") or []):
         name = spec.get("teacher")
@@ -137,7 +150,7 @@ def load_ensemble(cfg: DictConfig, tokenizer: Any, num_labels: int, attn: str) -
             member.seed = spec.get("seed") if spec.get("seed") is not None else cfg.seed
             if spec.get("checkpoint"):
                 member.teacher.checkpoint = spec.checkpoint
-        models.append(load_teacher(member, tokenizer, num_labels, attn_implementation=attn)[0])
+        models.append(load_teacher(member, tokenizer, num_labels, attn_implementation=attn))
     return models
 
 
@@ -167,7 +180,7 @@ def train_stages(
     student: Any,
     teacher: Any,
     teacher_dir: Path,
-    teachers: list[Any],
+    teachers: list[tuple[Any, Path]],
     dm: Any,
     task: TaskInfo,
     loggers: list[Any],
@@ -190,13 +203,18 @@ def train_stages(
             task=task,
             optimizer=instantiate(cfg.optim.optimizer),
             lr_scheduler=cfg.optim.lr_scheduler,
-            **({"teachers": teachers} if teachers else {}),
+            **({"teachers": [model for model, _ in teachers]} if teachers else {}),
         )
         if cfg.cache_teacher_logits and technique.uses_teacher_logits_only:
-            technique.logit_cache = TeacherLogitCache.for_run(
-                Path(cfg.paths.cache_dir) / "teacher_logits", teacher_dir, dm.fingerprint,
-                len(dm.datasets["train"]), dm.num_labels,
-            )
+            def cache_for(folder: Path) -> TeacherLogitCache:
+                return TeacherLogitCache.for_run(
+                    Path(cfg.paths.cache_dir) / "teacher_logits", folder, dm.fingerprint,
+                    len(dm.datasets["train"]), dm.num_labels,
+                )
+
+            technique.logit_cache = cache_for(teacher_dir)
+            if teachers and hasattr(technique, "attach_logit_caches"):
+                technique.attach_logit_caches([cache_for(folder) for _, folder in teachers])
         checkpoints = run_dir / "checkpoints" / (stage.name if len(stages) > 1 else "")
         trainer = make_trainer(
             cfg.trainer,
