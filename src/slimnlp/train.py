@@ -146,7 +146,8 @@ def load_ensemble(cfg: DictConfig, tokenizer: Any, num_labels: int, attn: str) -
             raise ConfigError(f"technique.teachers[{i}].teacher", name, f"available: {', '.join(options)}")
         member = cfg.copy()
         with open_dict(member):
-            member.teacher = OmegaConf.load(config_dir() / "teacher" / f"{name}.yaml")
+            if name != choice("teacher", cfg.teacher.name):  # the run's own teacher keeps its CLI overrides
+                member.teacher = OmegaConf.load(config_dir() / "teacher" / f"{name}.yaml")
             member.seed = spec.get("seed") if spec.get("seed") is not None else cfg.seed
             if spec.get("checkpoint"):
                 member.teacher.checkpoint = spec.checkpoint
