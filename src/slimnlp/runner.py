@@ -23,6 +23,24 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+class ValidationAtBest(Callback):
+    """Keeps the ``val/*`` metrics of the best validation (and of the last one), so that restoring the
+    best checkpoint needs no second validation pass to report its numbers."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        # strictly better, as ModelCheckpoint keeps the first of equal scores
+        if self.monitor in self.last and self.last[self.monitor] > self.best.get(self.monitor, float("-inf")):
+            self.best = dict(self.last)
+
+
 def fit_and_test(
     technique: Technique,
     datamodule: L.LightningDataModule,
@@ -31,10 +49,15 @@ def fit_and_test(
     select_best: bool = True,
     test: bool = True,
 ) -> dict[str, float]:
-    """Train (unless post-training), reload the best validation checkpoint, validate and test it.
+    """Train (unless post-training), restore the best validation checkpoint, test it; returns its
+    ``val/*`` metrics and, with ``test``, the ``test/*``, ``teacher/*`` and ``fidelity/*`` ones.
 
-    ``test=False`` ends after training: an intermediate stage whose student the next stage takes over.
+    ``test=False`` ends after training: an intermediate stage, or a teacher whose test numbers the
+    runs it teaches report anyway.
     """
+    validation = ValidationAtBest(f"val/{technique.task.primary_metric}")
+    trainer.callbacks.append(validation)
+    metrics: dict[str, float] = {}
     if technique.trains:
         trainer.fit(technique, datamodule=datamodule, ckpt_path=ckpt_path)
         best = best_checkpoint(trainer) if select_best else None
@@ -42,15 +65,15 @@ def fit_and_test(
             log.info("restoring the best validation checkpoint %s", best)
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             technique.load_state_dict(state)
+        metrics.update(validation.best if best else validation.last)
     else:
         datamodule.setup("fit")
         technique.compress(datamodule)
-    if not test:
-        return {}
-    # Validation again on the restored weights: val/* then describe the model that is tested.
-    results: list[dict[str, Any]] = [*trainer.validate(technique, datamodule=datamodule, verbose=False)]
-    results += trainer.test(technique, datamodule=datamodule, verbose=False)
-    return {k: float(v) for per_loader in results for k, v in per_loader.items()}
+        metrics.update(trainer.validate(technique, datamodule=datamodule, verbose=False)[0])
+    if test:
+        for per_loader in trainer.test(technique, datamodule=datamodule, verbose=False):
+            metrics.update({k: float(v) for k, v in per_loader.items()})
+    return metrics
 
 
 def make_trainer(trainer_cfg: Any, callbacks: list[Callback], loggers: list[Any] | bool, **overrides: Any) -> L.Trainer:

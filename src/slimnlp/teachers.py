@@ -87,7 +87,8 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
         max_steps=-1,
         default_root_dir=str(work),
     )
-    metrics = fit_and_test(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None)
+    # No test pass here: every run this teacher teaches tests it on the same examples (teacher/test/*).
+    metrics = fit_and_test(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None, test=False)
     technique.student.save_pretrained(work / "model")
     dm.tokenizer.save_pretrained(work / "model")
     write_json_atomic(
@@ -106,8 +107,8 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
     folder.parent.mkdir(parents=True, exist_ok=True)
     (work / "model").rename(folder)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("fine-tuned teacher cached at %s (test/%s=%.4f)", folder, dm.primary_metric,
-             metrics.get(f"test/{dm.primary_metric}", float("nan")))
+    log.info("fine-tuned teacher cached at %s (val/%s=%.4f)", folder, dm.primary_metric,
+             metrics.get(f"val/{dm.primary_metric}", float("nan")))
 
 
 def load_teacher(
