@@ -169,10 +169,11 @@ def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
 def finish_loggers(loggers: list[Any], metrics: dict[str, float], step: int) -> None:
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=step)
-        summary = getattr(getattr(lg, "experiment", None), "summary", None)
-        if summary is not None and hasattr(summary, "update"):  # W&B: final metrics as run summary
-            summary.update(metrics)
         lg.finalize("success")
+        experiment = getattr(lg, "experiment", None)
+        if hasattr(getattr(experiment, "summary", None), "update"):  # W&B: final metrics as the run summary
+            experiment.summary.update(metrics)
+            experiment.finish()  # writes the run files (and syncs when online)
 
 
 def train_stages(
