@@ -71,9 +71,16 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tokenizer, ti
             instantiate(node, **({"tags": ["t"]} if "tags" in node else {}))
 
 
-def _instantiate_technique(cfg, teacher):
+def _instantiate_technique(cfg, tiny_teacher):
+    """Builds every stage with its YAML defaults on a 48-wide teacher: wide enough for the defaults that
+    constrain widths (MiniLMv2's 24 relation heads)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
     from slimnlp.models.students import layer_subset
 
+    config = BertConfig(vocab_size=tiny_teacher.config.vocab_size, hidden_size=48, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128, num_labels=3)
+    teacher = BertForSequenceClassification(config).eval()
     cls = get_class(cfg.technique._target_)
     hparams = technique_hparams(cfg)
     cls.check_hparams(**hparams)
