@@ -27,10 +27,10 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from slimnlp.data.sources import Source
 from slimnlp.data.splits import make_splits, split_order
 from slimnlp.errors import ConfigError
+from slimnlp.metrics.classification import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
-ALLOWED_METRICS = ("acc", "f1", "mcc")  # f1 is macro-averaged
 CACHE_FORMAT = 1  # bump when the cached layout or a source's cleaning changes: old caches are not reused
 META_FILE = "slimnlp_meta.json"
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "idx")
@@ -113,10 +113,10 @@ class TextClassificationDataModule(LightningDataModule):
                 "data.val_fraction", val_fraction, f"val_fraction + test_fraction ({test_fraction}) < 1"
             )
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        unknown = [m for m in metrics if m not in ALLOWED_METRICS]
+        unknown = [m for m in metrics if m not in METRIC_NAMES]
         if not metrics or unknown or len(set(metrics)) < len(metrics):
             raise ConfigError(
-                "data.metrics", metrics, f"a non-empty list of distinct names from {list(ALLOWED_METRICS)}"
+                "data.metrics", metrics, f"a non-empty list of distinct names from {list(METRIC_NAMES)}"
             )
         if primary_metric not in metrics:
             raise ConfigError("data.primary_metric", primary_metric, f"one of data.metrics {metrics}")
