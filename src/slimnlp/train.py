@@ -3,7 +3,6 @@ evaluate, measure, and write ``results.json``. The only module besides ``config.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
@@ -53,25 +52,12 @@ def technique_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if not str(k).startswith("_")}
 
 
-def constructor_keys(cls: type) -> set[str]:
-    """Named constructor parameters along the class hierarchy (techniques pass ``**base`` upwards)."""
-    keys: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        for param in inspect.signature(init).parameters.values():
-            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name != "self":
-                keys.add(param.name)
-    return keys - {"student", "teacher", "task", "optimizer", "lr_scheduler"}
-
-
 def technique_class(cfg: DictConfig) -> type[Technique]:
     cls = get_class(cfg.technique._target_)
     if not (isinstance(cls, type) and issubclass(cls, Technique)):
         raise ConfigError("technique._target_", cfg.technique._target_, "a subclass of slimnlp Technique")
     hparams = technique_hparams(cfg)
-    known = constructor_keys(cls)
+    known = set(cls.hparam_signature())
     unknown = sorted(set(hparams) - known)
     if unknown:  # fail now, not after the teacher has been fine-tuned
         raise ConfigError(f"technique.{unknown[0]}", hparams[unknown[0]], f"{cls.__name__} takes: {', '.join(sorted(known))}")

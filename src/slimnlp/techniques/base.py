@@ -15,6 +15,7 @@ comparison between techniques fair.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,6 +33,7 @@ from slimnlp.metrics.classification import metric_collection
 from slimnlp.teacher_cache import TeacherLogitCache
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+RUNNER_ARGS = ("self", "student", "teacher", "task", "optimizer", "lr_scheduler")  # not hyperparameters
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
@@ -173,8 +175,29 @@ class Technique(L.LightningModule):
 
     # ------------------------------------------------------------ extension points
     @classmethod
-    def check_hparams(cls, **hparams: Any) -> None:
-        """Validate hyperparameters before any model is loaded or trained; raise ConfigError."""
+    def hparam_signature(cls) -> dict[str, Any]:
+        """Hyperparameter name -> constructor default (``inspect.Parameter.empty`` when required), read
+        along the class hierarchy: subclasses pass ``**base`` upwards, so defaults live in one place."""
+        params: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in RUNNER_ARGS:
+                    params[p.name] = p.default
+        return params
+
+    @classmethod
+    def check_hparams(cls, **given: Any) -> None:
+        """Validate hyperparameters before any model is loaded or trained; the constructor's defaults
+        fill in what is not given. Raises ConfigError."""
+        defaults = {k: v for k, v in cls.hparam_signature().items() if v is not inspect.Parameter.empty}
+        cls.validate_hparams(**{**defaults, **given})
+
+    @classmethod
+    def validate_hparams(cls, **hparams: Any) -> None:
+        """Override to check a complete set of hyperparameters (no defaults: they come from __init__)."""
 
     @classmethod
     def stages(cls, **hparams: Any) -> list[Stage]:

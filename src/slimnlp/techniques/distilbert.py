@@ -40,7 +40,7 @@ class DistilBERT(Technique):
     uses_teacher_logits_only = False  # the cosine loss needs the teacher's hidden states
 
     def __init__(self, alpha: float = 0.5, temperature: float = 2.0, beta: float = 0.1, **base: Any) -> None:
-        self.check_hparams(alpha=alpha, temperature=temperature, beta=beta)
+        self.validate_hparams(alpha=alpha, temperature=temperature, beta=beta)
         super().__init__(**base)
         self.alpha, self.temperature, self.beta = alpha, temperature, beta
         width_S, width_T = structure.hidden_size(self.student), structure.hidden_size(self.teacher)
@@ -58,7 +58,7 @@ class DistilBERT(Technique):
         )
 
     @classmethod
-    def check_hparams(cls, alpha: float = 0.5, temperature: float = 2.0, beta: float = 0.1, **_: Any) -> None:
+    def validate_hparams(cls, alpha: float, temperature: float, beta: float, **_: Any) -> None:
         check_kd_weights(alpha, temperature)
         if beta < 0:
             raise ConfigError("technique.beta", beta, "the weight of the cosine loss must be >= 0")

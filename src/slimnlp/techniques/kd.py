@@ -32,12 +32,12 @@ class LogitKD(Technique):
     uses_teacher_logits_only = True
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
-        self.check_hparams(alpha=alpha, temperature=temperature, loss=loss)
+        self.validate_hparams(alpha=alpha, temperature=temperature, loss=loss)
         super().__init__(**base)
         self.alpha, self.temperature, self.loss_kind = alpha, temperature, loss
 
     @classmethod
-    def check_hparams(cls, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **_: Any) -> None:
+    def validate_hparams(cls, alpha: float, temperature: float, loss: str, **_: Any) -> None:
         check_kd_weights(alpha, temperature)
         if loss not in LOSSES:
             raise ConfigError("technique.loss", loss, f"allowed: {', '.join(LOSSES)}")

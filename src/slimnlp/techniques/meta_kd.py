@@ -109,7 +109,7 @@ class MetaDistil(Technique):
         teacher_max_grad_norm: float = 1.0,
         **base: Any,
     ) -> None:
-        self.check_hparams(
+        self.validate_hparams(
             alpha=alpha,
             temperature=temperature,
             teacher_lr=teacher_lr,
@@ -130,15 +130,15 @@ class MetaDistil(Technique):
         self._pending_teacher_state: dict[str, Any] | None = None
 
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        alpha: float = 0.5,
-        temperature: float = 5.0,
-        teacher_lr: float = 1e-5,
-        pilot_lr: float | None = None,
-        quiz_fraction: float = 0.1,
-        quiz_size: int = 32,
-        teacher_max_grad_norm: float = 1.0,
+        alpha: float,
+        temperature: float,
+        teacher_lr: float,
+        pilot_lr: float | None,
+        quiz_fraction: float,
+        quiz_size: int,
+        teacher_max_grad_norm: float,
         **_: Any,
     ) -> None:
         check_kd_weights(alpha, temperature)

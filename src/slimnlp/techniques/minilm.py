@@ -117,7 +117,7 @@ class MiniLM(_SelfAttentionKD):
     paper = "MiniLM"
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, beta: float = 1.0, **base: Any) -> None:
-        self.check_hparams(alpha=alpha, temperature=temperature, beta=beta)
+        self.validate_hparams(alpha=alpha, temperature=temperature, beta=beta)
         super().__init__(alpha, temperature, beta, teacher_layer=-1, **base)
         heads_S, heads_T = (
             structure.num_attention_heads(self.student),
@@ -140,7 +140,7 @@ class MiniLM(_SelfAttentionKD):
                 )
 
     @classmethod
-    def check_hparams(cls, alpha: float = 0.5, temperature: float = 4.0, beta: float = 1.0, **_: Any) -> None:
+    def validate_hparams(cls, alpha: float, temperature: float, beta: float, **_: Any) -> None:
         cls._check_common(alpha, temperature, beta)
 
     def relation_losses(self, qkv_S: QKV, qkv_T: QKV, attention_mask: Tensor) -> dict[str, Tensor]:
@@ -164,7 +164,7 @@ class MiniLMv2(_SelfAttentionKD):
         teacher_layer: int = -1,
         **base: Any,
     ) -> None:
-        self.check_hparams(
+        self.validate_hparams(
             alpha=alpha,
             temperature=temperature,
             beta=beta,
@@ -185,13 +185,13 @@ class MiniLMv2(_SelfAttentionKD):
             )
 
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        alpha: float = 0.5,
-        temperature: float = 4.0,
-        beta: float = 1.0,
-        relation_heads: int = 24,
-        teacher_layer: int = -1,
+        alpha: float,
+        temperature: float,
+        beta: float,
+        relation_heads: int,
+        teacher_layer: int,
         **_: Any,
     ) -> None:
         cls._check_common(alpha, temperature, beta)

@@ -81,7 +81,7 @@ class MixKD(Technique):
         seed: int | None = None,
         **base: Any,
     ) -> None:
-        self.check_hparams(
+        self.validate_hparams(
             alpha=alpha,
             temperature=temperature,
             loss=loss,
@@ -97,15 +97,15 @@ class MixKD(Technique):
         self.rng = np.random.default_rng(torch.initial_seed() if seed is None else seed)
 
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        alpha: float = 0.5,
-        temperature: float = 4.0,
-        loss: str = "mse",
-        mix_alpha: float = 0.4,
-        tmkd_weight: float = 1.0,
-        sm_weight: float = 1.0,
-        seed: int | None = None,
+        alpha: float,
+        temperature: float,
+        loss: str,
+        mix_alpha: float,
+        tmkd_weight: float,
+        sm_weight: float,
+        seed: int | None,
         **_: Any,
     ) -> None:
         check_kd_weights(alpha, temperature)

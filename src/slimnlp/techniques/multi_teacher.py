@@ -159,15 +159,15 @@ class MultiTeacherKD(Technique):
         self._check_models(layer_map)
 
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        teachers: Any = None,
-        combine: str = "mean",
-        weights: Sequence[float] | None = None,
-        alpha: float = 0.5,
-        temperature: float = 4.0,
-        hidden_weight: float = 0.0,
-        layer_map: Sequence[int] | None = None,
+        teachers: Any,
+        combine: str,
+        weights: Sequence[float] | None,
+        alpha: float,
+        temperature: float,
+        hidden_weight: float,
+        layer_map: Sequence[int] | None,
         **_: Any,
     ) -> None:
         _check_specs(teachers)

@@ -73,7 +73,7 @@ class PatientKD(Technique):
         layer_map: Sequence[int] | None = None,
         **base: Any,
     ) -> None:
-        self.check_hparams(
+        self.validate_hparams(
             alpha=alpha, temperature=temperature, beta=beta, strategy=strategy, layer_map=layer_map
         )
         super().__init__(**base)
@@ -85,13 +85,13 @@ class PatientKD(Technique):
         )
 
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        alpha: float = 0.5,
-        temperature: float = 10.0,
-        beta: float = 0.1,
-        strategy: str = "skip",
-        layer_map: Sequence[int] | None = None,
+        alpha: float,
+        temperature: float,
+        beta: float,
+        strategy: str,
+        layer_map: Sequence[int] | None,
         **_: Any,
     ) -> None:
         check_kd_weights(alpha, temperature)

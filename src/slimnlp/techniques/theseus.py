@@ -65,7 +65,7 @@ class BertOfTheseus(Technique):
         finetune_epochs: int | None = None,
         **base: Any,
     ) -> None:
-        self.check_hparams(replacement_schedule, stage, replace_epochs, finetune_epochs)
+        self.validate_hparams(replacement_schedule, stage, replace_epochs, finetune_epochs)
         if stage == "both":
             raise ConfigError(
                 "technique.stage",
@@ -86,12 +86,12 @@ class BertOfTheseus(Technique):
 
     # ------------------------------------------------------------------ config
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        replacement_schedule: RateSchedule | Mapping[str, Any] = CURRICULUM,
-        stage: str = "both",
-        replace_epochs: int | None = None,
-        finetune_epochs: int | None = None,
+        replacement_schedule: RateSchedule | Mapping[str, Any],
+        stage: str,
+        replace_epochs: int | None,
+        finetune_epochs: int | None,
         **_: Any,
     ) -> None:
         if stage not in STAGES:

@@ -55,7 +55,7 @@ class TinyBERT(Technique):
         prediction_epochs: int | None = None,
         **base: Any,
     ) -> None:
-        self.check_hparams(stage, temperature, alpha, layer_map, intermediate_epochs, prediction_epochs)
+        self.validate_hparams(stage, temperature, alpha, layer_map, intermediate_epochs, prediction_epochs)
         if stage == "both":
             raise ConfigError(
                 "technique.stage",
@@ -76,14 +76,14 @@ class TinyBERT(Technique):
 
     # ------------------------------------------------------------------ config
     @classmethod
-    def check_hparams(
+    def validate_hparams(
         cls,
-        stage: str = "both",
-        temperature: float = 1.0,
-        alpha: float = 0.0,
-        layer_map: list[int] | None = None,
-        intermediate_epochs: int | None = None,
-        prediction_epochs: int | None = None,
+        stage: str,
+        temperature: float,
+        alpha: float,
+        layer_map: list[int] | None,
+        intermediate_epochs: int | None,
+        prediction_epochs: int | None,
         **_: Any,
     ) -> None:
         if stage not in STAGES:
