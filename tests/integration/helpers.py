@@ -90,6 +90,6 @@ class CrashAtStep(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, *args: Any) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, *args: Any) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")

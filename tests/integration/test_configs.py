@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import technique_kwargs
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
+from conftest import technique_kwargs
 from slimnlp.config import compose_config, config_dir, group_options
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.train import STUDENT_RUNNER_KEYS, technique_hparams

@@ -1,8 +1,8 @@
 """Per-example teacher logits: filled once, written atomically when complete, reused, rebuilt on mismatch."""
 
 import torch
-from conftest import fit_steps, technique_kwargs
 
+from conftest import fit_steps, technique_kwargs
 from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.techniques.kd import LogitKD
 

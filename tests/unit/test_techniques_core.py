@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import fit_steps, technique_kwargs
 
+from conftest import fit_steps, technique_kwargs
 from slimnlp.errors import ConfigError
 from slimnlp.techniques.finetune import FineTune
 from slimnlp.techniques.kd import LogitKD

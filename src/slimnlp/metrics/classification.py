@@ -31,7 +31,7 @@ METRIC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 class _BinaryF1OnArgmax(BinaryF1Score):
     """Binary F1 that accepts class predictions (0/1) like the multiclass metrics do."""
 
-    def update(self, preds, target) -> None:  # noqa: D102
+    def update(self, preds, target) -> None:
         super().update(preds.float(), target)
 
 

@@ -1,5 +1,5 @@
 """Compression techniques: one module per method, each a LightningModule extending ``Technique``."""
 
-from slimnlp.techniques.base import Technique, TaskInfo
+from slimnlp.techniques.base import TaskInfo, Technique
 
-__all__ = ["Technique", "TaskInfo"]
+__all__ = ["TaskInfo", "Technique"]
