@@ -23,9 +23,10 @@ from common import StepTimer, median_ms, minilm
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from slimnlp.batch import model_inputs
 from slimnlp.losses.kd import kd_kl
 from slimnlp.models.students import layer_subset
-from slimnlp.techniques.base import TaskInfo, model_inputs
+from slimnlp.techniques.base import TaskInfo
 from slimnlp.techniques.kd import LogitKD
 
 BATCH, SEQ, ALPHA, TAU, LR = 32, 64, 0.5, 4.0, 1e-4

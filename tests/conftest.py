@@ -112,3 +112,16 @@ def fit_steps(technique, batch, steps: int = 1):
     )
     trainer.fit(technique, train_dataloaders=loader)
     return trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, minilm_dir):
+    """The tiny end-to-end setup of the runner tests (``tests/integration/helpers.py``): a 4-layer 32-wide BERT
+    teacher with the real vocabulary and a learnable synthetic corpus, one per test module (each module
+    fine-tunes its teacher once)."""
+    from helpers import save_tiny_teacher, write_corpus
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = write_corpus(root / "corpus.csv")
+    teacher = save_tiny_teacher(root / "teacher_pretrained", minilm_dir)
+    return root, corpus, teacher

@@ -26,8 +26,9 @@ VOLATILE_KEYS = ("resume", "paths", "hydra", "logger", "tags", "callbacks")
 
 
 def config_dir() -> Path:
-    """``conf/`` of the checkout (or ``$SLIMNLP_CONFIG_DIR``)."""
-    path = Path(os.environ.get("SLIMNLP_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+    """The config tree, shipped inside the package (``slimnlp/conf``; the checkout's ``conf/`` links to it),
+    or ``$SLIMNLP_CONFIG_DIR``."""
+    path = Path(os.environ.get("SLIMNLP_CONFIG_DIR", Path(__file__).resolve().parent / "conf"))
     if not (path / f"{CONFIG_NAME}.yaml").is_file():
         raise ConfigError("SLIMNLP_CONFIG_DIR", str(path), f"a folder holding {CONFIG_NAME}.yaml")
     return path

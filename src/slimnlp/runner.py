@@ -1,14 +1,18 @@
-"""The Lightning part of a run that teacher fine-tuning and every technique share: fit, restore the best
-checkpoint, test. Kept apart from ``train.py`` so the teacher cache can run the same loop."""
+"""The Lightning part of a run that teacher fine-tuning and every technique share: fit (or, for a post-training
+technique, compress on calibration batches), restore the best checkpoint, test. Kept apart from the runner's
+steps so the teacher cache runs the same loop."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 from slimnlp.techniques.base import Technique
 
@@ -32,6 +36,17 @@ class ValidationAtBest(Callback):
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    # Checkpointed, so a run resumed after its last validation still reports that validation's metrics.
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best), "last": dict(self.last)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.last = dict(state_dict["best"]), dict(state_dict["last"])
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -48,17 +63,19 @@ def fit_and_test(
     ckpt_path: str | None = None,
     select_best: bool = True,
     test: bool = True,
+    calibration: DataLoader | None = None,
 ) -> dict[str, float]:
-    """Train (unless post-training), restore the best validation checkpoint, test it; returns its
-    ``val/*`` metrics and, with ``test``, the ``test/*``, ``teacher/*`` and ``fidelity/*`` ones.
+    """Train, restore the best validation checkpoint, test it; returns its ``val/*`` metrics and, with
+    ``test``, the ``test/*``, ``teacher/*`` and ``fidelity/*`` ones.
 
-    ``test=False`` ends after training: an intermediate stage, or a teacher whose test numbers the
-    runs it teaches report anyway.
+    A post-training technique (``needs.trains`` False) is instead moved to the Trainer's device and
+    ``compress``-ed on the ``calibration`` batches, then validated. ``test=False`` ends after training: an
+    intermediate stage, or a teacher whose test numbers the runs it teaches report anyway.
     """
     validation = ValidationAtBest(f"val/{technique.task.primary_metric}")
     trainer.callbacks.append(validation)
     metrics: dict[str, float] = {}
-    if technique.trains:
+    if technique.needs.trains:
         trainer.fit(technique, datamodule=datamodule, ckpt_path=ckpt_path)
         best = best_checkpoint(trainer) if select_best else None
         if best:
@@ -67,17 +84,41 @@ def fit_and_test(
             technique.load_state_dict(state)
         metrics.update(validation.best if best else validation.last)
     else:
-        datamodule.setup("fit")
-        technique.compress(datamodule)
+        if calibration is None:
+            raise ValueError(f"{type(technique).__name__} compresses after training: it needs calibration batches")
+        technique.prepare()
+        technique.to(trainer.strategy.root_device)
+        metrics.update(technique.compress(OnDevice(calibration, trainer.strategy.root_device)) or {})
         metrics.update(trainer.validate(technique, datamodule=datamodule, verbose=False)[0])
     if test:
-        for per_loader in trainer.test(technique, datamodule=datamodule, verbose=False):
-            metrics.update({k: float(v) for k, v in per_loader.items()})
+        metrics.update(test_metrics(technique, datamodule, trainer))
     return metrics
 
 
+def test_metrics(technique: Technique, datamodule: L.LightningDataModule, trainer: L.Trainer) -> dict[str, float]:
+    """``test/*`` (every test split), ``teacher/test/*`` and ``fidelity/*`` of the technique's student."""
+    metrics: dict[str, float] = {}
+    for per_loader in trainer.test(technique, datamodule=datamodule, verbose=False):
+        metrics.update({k: float(v) for k, v in per_loader.items()})
+    return metrics
+
+
+class OnDevice:
+    """A loader whose batches arrive on ``device`` (re-iterable: a technique may calibrate in several passes)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for batch in self.loader:
+            yield {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
 def make_trainer(trainer_cfg: Any, callbacks: list[Callback], loggers: list[Any] | bool, **overrides: Any) -> L.Trainer:
-    """Instantiate ``lightning.Trainer`` from its config node with run-specific pieces attached."""
+    """Instantiate ``lightning.Trainer`` from its config node (or plain dict) with run-specific pieces attached."""
     from hydra.utils import instantiate
 
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers, **overrides)

@@ -1,9 +1,17 @@
 """Fine-tuned teachers, cached: a teacher must know the task before it teaches.
 
-The first run that needs (teacher, task data, fine-tune recipe, seed) fine-tunes it with the same
-Lightning loop as any technique (``FineTune``) and saves it under ``paths.teachers_dir``; later runs load
-it. The teacher's own training budget (``teacher.finetune.max_train_samples``) is independent of the
-student's, so students trained on different budgets share one teacher.
+The first run that needs a teacher for (pretrained source, task data, fine-tune recipe) fine-tunes it with
+the same Lightning loop as any technique (``FineTune``) and publishes it under ``paths.teachers_dir``; later
+runs load it. The recipe is the teacher's own (``teacher.finetune``: seed, epochs, optimizer, LR schedule,
+batch size, precision, clipping, accumulation, training budget), so nothing of the student's — ``optim.*``,
+``seed``, ``data.max_train_samples`` — changes or re-trains the teacher, and ``-m seed=0,1,2`` trains three
+students from one teacher. The cache key holds the whole recipe plus every Trainer setting that changes
+what fine-tuning computes (``limit_train_batches``, ``val_check_interval``, accelerator …), so a changed
+setting never silently reuses an old teacher.
+
+Two processes that need the same teacher at once (two sweep workers) fine-tune it once: a file lock is held
+around fine-tuning and publishing; the second process waits, then loads what the first published. Under
+DDP the launching process (rank 0) fine-tunes on one device before the other ranks exist; they load it.
 """
 
 from __future__ import annotations
@@ -15,12 +23,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from slimnlp.distributed import is_rank_zero
+from slimnlp.errors import ConfigError
 from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.loading import load_classifier
 from slimnlp.results import build_results, write_json_atomic
@@ -29,6 +41,47 @@ from slimnlp.techniques.base import TaskInfo
 from slimnlp.techniques.finetune import FineTune
 
 log = logging.getLogger(__name__)
+
+# Trainer settings the teacher takes from its own recipe rather than from the run's trainer.
+RECIPE_TRAINER_KEYS = ("precision", "gradient_clip_val", "accumulate_grad_batches")
+# Trainer settings that never change what fine-tuning computes: left out of the cache key.
+PRESENTATION_KEYS = (
+    "enable_progress_bar",
+    "enable_model_summary",
+    "log_every_n_steps",
+    "default_root_dir",
+    "num_sanity_val_steps",
+)
+
+
+def teacher_trainer_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's ``trainer`` as teacher fine-tuning runs it: one device (under DDP, rank 0 alone, before the
+    other ranks start), the recipe's epochs and numerics, no step cap."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer, dict)
+    ft = cfg.teacher.finetune
+    trainer.update({key: ft[key] for key in RECIPE_TRAINER_KEYS})
+    trainer.update(max_epochs=ft.epochs, max_steps=-1, devices=1, strategy="auto")
+    return trainer
+
+
+def recipe(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
+    """Everything the fine-tuned teacher depends on, and nothing else (the cache key)."""
+    trainer = {k: v for k, v in teacher_trainer_config(cfg).items() if k not in PRESENTATION_KEYS}
+    return {
+        "source": cfg.teacher.name_or_path,
+        "data": data_fingerprint,
+        "finetune": OmegaConf.to_container(cfg.teacher.finetune, resolve=True),
+        "trainer": trainer,
+    }
+
+
+def cache_folder(cfg: DictConfig, data_fingerprint: str) -> Path:
+    digest = hashlib.sha256(
+        json.dumps(recipe(cfg, data_fingerprint), sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    seed = cfg.teacher.finetune.seed
+    return Path(cfg.paths.teachers_dir) / cfg.teacher.name / cfg.data.task_name / f"seed{seed}-{digest}"
 
 
 def teacher_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -43,30 +96,18 @@ def teacher_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> A
     return dm
 
 
-def cache_folder(cfg: DictConfig, data_fingerprint: str) -> Path:
-    recipe = {
-        "source": cfg.teacher.name_or_path,
-        "data": data_fingerprint,
-        "finetune": OmegaConf.to_container(cfg.teacher.finetune, resolve=True),
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-        "precision": cfg.trainer.precision,
-        "seed": cfg.seed,
-    }
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return Path(cfg.paths.teachers_dir) / cfg.teacher.name / cfg.data.task_name / f"seed{cfg.seed}-{digest}"
-
-
 def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> None:
     """Fine-tune the pretrained teacher on the task and publish it atomically at ``folder``."""
     ft = cfg.teacher.finetune
     work = folder.with_name(folder.name + ".partial")  # kept on failure: a rerun resumes from it
     last = work / "checkpoints" / "last.ckpt"
+    L.seed_everything(ft.seed, workers=True)
     model = load_classifier(source, num_labels=dm.num_labels, label_names=list(dm.label_names))
     technique = FineTune(
         student=model,
         task=TaskInfo.from_datamodule(dm),
-        optimizer=instantiate(cfg.optim.optimizer, lr=ft.lr),
-        lr_scheduler=cfg.optim.lr_scheduler,
+        optimizer=instantiate(ft.optimizer, lr=ft.lr),
+        lr_scheduler=OmegaConf.to_container(ft.lr_scheduler, resolve=True),
     )
     callbacks = [
         ModelCheckpoint(
@@ -80,11 +121,9 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
         )
     ]
     trainer = make_trainer(
-        cfg.trainer,
+        teacher_trainer_config(cfg),
         callbacks=callbacks,
         loggers=[CSVLogger(work, name="csv", version="")],
-        max_epochs=ft.epochs,
-        max_steps=-1,
         default_root_dir=str(work),
     )
     # No test pass here: every run this teacher teaches tests it on the same examples (teacher/test/*).
@@ -98,37 +137,72 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
             technique="finetune",
             teacher=None,
             student=cfg.teacher.name,
-            seed=cfg.seed,
+            seed=ft.seed,
             metrics=metrics,
             run_dir=folder,
-            extra={"split": dm.split_summary()},
+            extra={"split": dm.split_summary(), "recipe": recipe(cfg, dm.fingerprint)},
         ),
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
     (work / "model").rename(folder)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("fine-tuned teacher cached at %s (val/%s=%.4f)", folder, dm.primary_metric,
-             metrics.get(f"val/{dm.primary_metric}", float("nan")))
+    log.info(
+        "fine-tuned teacher cached at %s (val/%s=%.4f)",
+        folder,
+        dm.primary_metric,
+        metrics.get(f"val/{dm.primary_metric}", float("nan")),
+    )
+
+
+def _published(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def cached_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """The folder of the fine-tuned teacher for this recipe, fine-tuning it first (once, under a lock)."""
+    dm = teacher_datamodule(cfg, tokenizer)
+    folder = cache_folder(cfg, dm.fingerprint)
+    if _published(folder):
+        log.info("teacher: reusing the cached fine-tuned %s at %s", cfg.teacher.name, folder)
+        return folder
+    if not is_rank_zero():
+        raise RuntimeError(f"teacher {folder} is not published: rank 0 fine-tunes it before other ranks start")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f".{folder.name}.lock"):
+        if _published(folder):  # another process fine-tuned it while this one waited for the lock
+            log.info("teacher: reusing the cached fine-tuned %s at %s (published while waiting)", cfg.teacher.name,
+                     folder)
+            return folder
+        log.warning(
+            "teacher: no fine-tuned %s for task %s (recipe seed %s) in the cache: fine-tuning it first (%s epochs)",
+            cfg.teacher.name, dm.task_name, cfg.teacher.finetune.seed, cfg.teacher.finetune.epochs,
+        )
+        source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
+        finetune_teacher(cfg, dm, source, folder)
+    return folder
+
+
+def check_label_names(folder: str | Path, label_names: list[str], key: str = "teacher.checkpoint") -> None:
+    """A fine-tuned checkpoint must predict this task's labels in this order (generic ``LABEL_i`` names, which
+    carry no information, pass)."""
+    config = AutoConfig.from_pretrained(str(folder))
+    theirs = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
+    generic = all(name == f"LABEL_{i}" for i, name in enumerate(theirs))
+    if theirs and not generic and theirs != list(label_names):
+        raise ConfigError(
+            key, str(folder), f"a teacher fine-tuned on this task's labels {list(label_names)} in this order; "
+            f"it predicts {theirs}"
+        )
 
 
 def load_teacher(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, num_labels: int, attn_implementation: str = "sdpa"
+    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, label_names: list[str]
 ) -> tuple[PreTrainedModel, Path]:
     """The fine-tuned teacher for this task: ``teacher.checkpoint``, else the cache, else fine-tune now."""
     if cfg.teacher.get("checkpoint"):
-        folder = Path(resolve_pretrained(cfg.teacher.checkpoint, Path(cfg.paths.cache_dir) / "models"))
+        folder = Path(resolve_pretrained(cfg.teacher.checkpoint, Path(cfg.paths.cache_dir) / "models",
+                                         key="teacher.checkpoint"))
+        check_label_names(folder, label_names)
         log.info("teacher: using the fine-tuned checkpoint %s", folder)
     else:
-        dm = teacher_datamodule(cfg, tokenizer)
-        folder = cache_folder(cfg, dm.fingerprint)
-        if (folder / "config.json").is_file():
-            log.info("teacher: reusing the cached fine-tuned %s at %s", cfg.teacher.name, folder)
-        else:
-            log.warning(
-                "teacher: no fine-tuned %s for task %s (seed %s) in the cache: fine-tuning it first (%s epochs)",
-                cfg.teacher.name, dm.task_name, cfg.seed, cfg.teacher.finetune.epochs,
-            )
-            source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
-            finetune_teacher(cfg, dm, source, folder)
-    model = load_classifier(str(folder), num_labels=num_labels, attn_implementation=attn_implementation)
-    return model, folder
+        folder = cached_teacher(cfg, tokenizer)
+    return load_classifier(str(folder), num_labels=len(label_names)), folder

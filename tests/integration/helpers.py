@@ -84,12 +84,47 @@ def compose_run_config(overrides: list[str], output_dir: Path) -> Any:
     return cfg
 
 
+def run_tiny(tiny_setup, name: str, *extra: str) -> dict[str, Any]:
+    """One real run of the runner on the tiny setup, in ``<root>/outputs/runs/<name>``."""
+    from slimnlp.train import run
+
+    root, corpus, teacher = tiny_setup
+    cfg = compose_run_config([*tiny_overrides(root, corpus, teacher), *extra], root / "outputs" / "runs" / name)
+    return run(cfg)
+
+
 class CrashAtStep(Callback):
-    """Simulates a killed run: raises after the optimizer step that reaches ``step``."""
+    """Simulates a killed run: raises after the optimizer step that reaches ``step`` (of the stage named
+    ``stage`` only, when given)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, stage: str | None = None) -> None:
+        self.step, self.stage = step, stage
 
-    def on_train_batch_end(self, trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer, pl_module, *args: Any) -> None:
+        if self.stage is not None and pl_module.hparams.get("stage") != self.stage:
+            return
         if trainer.global_step >= self.step:
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
+
+
+class CrashAtTest(Callback):
+    """Simulates a crash after training and its last validation, before the test pass."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("simulated crash before testing")
+
+
+class RecordBatches(Callback):
+    """Appends ``{"step", "epoch", "idx"}`` per training batch to a JSON-lines file (flushed every batch), so a
+    test can see which examples each step trained on, also in a process it kills."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import json
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                "idx": batch["idx"].tolist()}) + "\n")
+

@@ -29,9 +29,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["technique.alpha=1.5"], "technique.alpha=1.5 is invalid: the weight of the hard-label loss must lie in [0, 1]"),
         (["data.source.text_column=tweet", "data=local"], "data.source.path is required"),
         (["data.max_length=0"], "data.max_length=0 is invalid"),
+        (["optim.lr_scheduler.name=cosinex"], "optim.lr_scheduler.name='cosinex' is invalid: linear, cosine, "),
+        (["optim.optimizer.lr=0"], "optim.optimizer.lr=0 is invalid"),
+        (["teacher.finetune.lr=-1e-4"], "teacher.finetune.lr=-0.0001 is invalid"),
+        (["trainer.precision=99"], "trainer.precision=99 is invalid"),
+        (["trainer.accelerator=tpux"], "trainer.accelerator='tpux' is invalid"),
+        (["trainer.devices=999"], "trainer.devices=999 is invalid"),
+        (["technique=minilm", "+technique.teacher_layer=2"], "technique.teacher_layer=2 is invalid: MiniLM takes: alpha, beta, temperature"),
+        (["technique=kd", "schedule=cubic"], "no schedule for technique kd, which ramps nothing"),
+        (["technique=meta_kd", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], "technique meta_kd cannot run under DDP"),
+        (["-m", "seed=1,2", "technique.temperature=-1"], "technique.temperature=-1 is invalid"),
+        (["-m", "technique=kd,pkd", "technique.loss=mse"], "unknown key 'technique.loss'; keys of technique: "),
     ],
     ids=["unknown-technique", "unknown-student", "misspelt-key", "negative-temperature", "alpha-out-of-range",
-         "missing-path", "bad-max-length"],
+         "missing-path", "bad-max-length", "scheduler-name", "zero-lr", "teacher-lr", "precision", "accelerator",
+         "devices", "parent-class-hparam", "schedule-not-read", "no-ddp", "multirun", "multirun-second-job"],
 )
 def test_bad_input_is_one_line(args, expected, tmp_path):
     result = run_cli(*args, cwd=tmp_path)

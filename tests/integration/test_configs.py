@@ -10,9 +10,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from conftest import technique_kwargs
+from slimnlp.build import STUDENT_RUNNER_KEYS, technique_hparams
 from slimnlp.config import compose_config, config_dir, group_options
-from slimnlp.models.loading import set_attention_implementation
-from slimnlp.train import STUDENT_RUNNER_KEYS, technique_hparams
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
 REQUIRED = {  # options with mandatory (???) values need one to compose
@@ -55,6 +54,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tokenizer, ti
     elif group == "schedule":
         value = instantiate(cfg.schedule)(5, 10)
         assert isinstance(value, float)
+        assert "schedule" in technique_hparams(cfg)  # passed to the techniques that ramp a value
     elif group == "optim":
         optimizer = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(2))])
         assert isinstance(optimizer, torch.optim.Optimizer)
@@ -84,14 +84,10 @@ def _instantiate_technique(cfg, tiny_teacher):
     cls = get_class(cfg.technique._target_)
     hparams = technique_hparams(cfg)
     cls.check_hparams(**hparams)
-    if cls.needs_attentions:
-        set_attention_implementation(teacher, "eager")
     student = layer_subset(teacher, num_labels=3, num_layers=2)
-    if cls.needs_attentions:
-        set_attention_implementation(student, "eager")
-    node = OmegaConf.masked_copy(cfg.technique, [k for k in cfg.technique if k != "teachers"])
-    extra = {"teachers": [teacher, teacher]} if "teachers" in cfg.technique else {}
-    for stage in cls.stages(**hparams):
-        technique = instantiate(node, _partial_=True, **stage.hparams)(**technique_kwargs(student, teacher), **extra)
+    extra = {"teachers": [teacher, teacher]} if cls.requirements(**cls.defaults_filled(**hparams)).extra_teachers else {}
+    given = {k: v for k, v in hparams.items() if k != "teachers"}
+    for stage in cls.stages(**cls.defaults_filled(**hparams)):
+        technique = cls(**{**given, **stage.hparams}, **technique_kwargs(student, teacher), **extra)
         assert technique.student is not None
         student = technique.export_student()

@@ -7,23 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import compose_run_config, save_tiny_teacher, tiny_overrides, write_corpus
-
-from slimnlp.train import run
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, minilm_dir):
-    root = tmp_path_factory.mktemp("tiny")
-    corpus = write_corpus(root / "corpus.csv")
-    teacher = save_tiny_teacher(root / "teacher_pretrained", minilm_dir)
-    return root, corpus, teacher
-
-
-def _run(tiny_setup, name: str, *extra: str):
-    root, corpus, teacher = tiny_setup
-    cfg = compose_run_config([*tiny_overrides(root, corpus, teacher), *extra], root / "outputs" / "runs" / name)
-    return run(cfg)
+from helpers import run_tiny as _run
 
 
 def test_kd_run_writes_complete_results(tiny_setup):
@@ -68,23 +52,6 @@ def test_teacher_is_fine_tuned_once_then_reused(tiny_setup, caplog):
     assert any("reusing the cached fine-tuned" in r.getMessage() for r in caplog.records)
     assert not any("fine-tuning it first" in r.getMessage() for r in caplog.records)
     assert results["artifacts"]["teacher_dir"].startswith(str(tiny_setup[0] / "outputs" / "teachers"))
-
-
-def test_resume_continues_from_the_last_checkpoint(tiny_setup):
-    crash = ["+callbacks.crash._target_=helpers.CrashAtStep", "+callbacks.crash.step=5",
-             "callbacks.last_checkpoint.every_n_train_steps=2", "technique=kd", "student=2L", "seed=7"]
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(tiny_setup, "crashed", *crash)
-    crashed_dir = tiny_setup[0] / "outputs" / "runs" / "crashed"
-    assert (crashed_dir / "checkpoints" / "last.ckpt").exists()
-    assert not (crashed_dir / "results.json").exists()  # no half-written results
-
-    resumed = _run(tiny_setup, "resumed", "callbacks.last_checkpoint.every_n_train_steps=2", "technique=kd",
-                   "student=2L", "seed=7", "resume=true")
-    assert resumed["artifacts"]["resumed_from"] == str(crashed_dir / "checkpoints" / "last.ckpt")
-    log = pd.read_csv(tiny_setup[0] / "outputs" / "runs" / "resumed" / "csv" / "metrics.csv")
-    first_logged_step = log.dropna(subset=["train/loss"])["step"].min()
-    assert first_logged_step >= 4  # continued after the crash's last checkpoint, not from step 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")

@@ -15,7 +15,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.loading import load_classifier
 from slimnlp.models.students import describe, layer_subset, pretrained, resized, uniform_layer_map
-from slimnlp.train import STUDENT_RUNNER_KEYS
+from slimnlp.build import STUDENT_RUNNER_KEYS
 
 STUDENT_CONF = Path(__file__).resolve().parents[2] / "conf" / "student"
 

@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import REPO_ROOT, fit_steps, technique_kwargs
+from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models.capture import QKV
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.models.structure import encoder_layers
 from slimnlp.models.students import layer_subset, resized
 from slimnlp.techniques import minilm as minilm_module
-from slimnlp.techniques.base import model_inputs
 from slimnlp.techniques.distilbert import DistilBERT
 from slimnlp.techniques.minilm import MiniLM, MiniLMv2, captured
 from slimnlp.techniques.pkd import PatientKD, pkd_layer_map
@@ -260,4 +260,5 @@ def test_yaml_targets_the_class_with_its_defaults(name):
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if k != "base"}
     assert hparams == defaults, "the YAML and the constructor defaults drifted apart"
     cls.check_hparams(**hparams)
-    assert cls.requires_teacher and not cls.uses_teacher_logits_only
+    needs = cls.requirements(**cls.defaults_filled(**hparams))
+    assert needs.teacher and not needs.cacheable_teacher_logits

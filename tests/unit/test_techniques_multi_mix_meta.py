@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from transformers import BertForSequenceClassification
 
 from conftest import fit_steps, technique_kwargs
+from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models.students import resized
 from slimnlp.teacher_cache import TeacherLogitCache
-from slimnlp.techniques.base import model_inputs
 from slimnlp.techniques.meta_kd import MetaDistil, QuizBuffer, is_quiz
 from slimnlp.techniques.mixkd import MixKD, mixed_inputs
 from slimnlp.techniques.multi_teacher import MultiTeacherKD, combine_soft_targets, performance_weights
@@ -130,7 +130,7 @@ def test_multi_teacher_logits_come_from_per_teacher_caches(tiny_pair, second_tea
     caches = [
         TeacherLogitCache(tmp_path / f"t{k}", f"key{k}", num_examples=4, num_labels=3) for k in range(2)
     ]
-    technique.attach_logit_caches(caches)
+    technique.attach_logit_caches(None, caches)
     fit_steps(technique, tiny_batch, steps=1)
     for cache, model in zip(caches, (teacher, second_teacher)):
         assert cache.filled.all()
@@ -284,7 +284,7 @@ def test_mixkd_step(tiny_pair, tiny_batch, loss):
     assert 0.0 <= logged["mix/lambda"].item() <= 1.0
     assert _changed(before_S, student), "the student did not train"
     assert not _changed(before_T, teacher), "the teacher must stay frozen"
-    assert not MixKD.uses_teacher_logits_only
+    assert technique.needs.teacher and not technique.needs.cacheable_teacher_logits
 
 
 @pytest.mark.parametrize(

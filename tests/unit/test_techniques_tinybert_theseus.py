@@ -14,13 +14,13 @@ from torch import nn
 
 import slimnlp.techniques.tinybert as tinybert_module
 from conftest import fit_steps, technique_kwargs
+from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.models.students import layer_subset, resized
 from slimnlp.modules.theseus import compound_layers, lent_layers, sample_replacement
 from slimnlp.schedules import Constant, Linear
-from slimnlp.techniques.base import model_inputs
 from slimnlp.techniques.theseus import BertOfTheseus
 from slimnlp.techniques.tinybert import TinyBERT
 
@@ -63,7 +63,7 @@ def test_tinybert_prediction_step(tiny_pair, tiny_batch):
     technique = TinyBERT(
         stage="prediction", temperature=2.0, alpha=0.25, **technique_kwargs(student, teacher)
     )
-    assert technique.uses_teacher_logits_only  # the runner may serve the teacher's logits from its cache
+    assert technique.needs.cacheable_teacher_logits  # the runner may serve the teacher's logits from its cache
     before_S, before_T = _snapshot(student), _snapshot(teacher)
     logged = fit_steps(technique, tiny_batch, steps=2).callback_metrics
     assert torch.isfinite(logged["loss/pred"]) and torch.isfinite(logged["loss/ce"])
@@ -189,7 +189,7 @@ def test_theseus_replace_step(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     before_T = _snapshot(teacher)
     technique = BertOfTheseus(
-        replacement_schedule=Constant(end=0.5), stage="replace", **technique_kwargs(student, teacher)
+        schedule=Constant(end=0.5), stage="replace", **technique_kwargs(student, teacher)
     )
     assert not any(k.startswith("_predecessors") for k in technique.state_dict())  # like the teacher
     before_S = _snapshot(student)
@@ -222,11 +222,11 @@ def test_theseus_finetune_step_trains_the_successor_model_alone(tiny_pair, tiny_
 def test_theseus_rate_follows_the_schedule(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     constant = BertOfTheseus(
-        replacement_schedule=Constant(end=0.7), stage="replace", **technique_kwargs(student, teacher)
+        schedule=Constant(end=0.7), stage="replace", **technique_kwargs(student, teacher)
     )
     assert [constant.replace_rate(s, 100) for s in (0, 50, 100)] == pytest.approx([0.7, 0.7, 0.7])
     linear = BertOfTheseus(
-        replacement_schedule=Linear(start=0.3, end=1.0, cooldown=0.5),
+        schedule=Linear(start=0.3, end=1.0, cooldown=0.5),
         stage="replace",
         **technique_kwargs(student, teacher),
     )
@@ -258,7 +258,7 @@ def test_theseus_compound_is_teacher_at_p0_and_successor_model_at_p1(tiny_pair, 
 def test_theseus_eval_runs_the_successor_model(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     technique = BertOfTheseus(
-        replacement_schedule=Constant(end=0.2), stage="replace", **technique_kwargs(student, teacher)
+        schedule=Constant(end=0.2), stage="replace", **technique_kwargs(student, teacher)
     ).eval()
     with torch.no_grad():
         assert torch.equal(technique(tiny_batch), student(**model_inputs(tiny_batch)).logits)
@@ -302,20 +302,14 @@ def test_theseus_stages():
     [
         ({"stage": "distil"}, "stage"),
         ({"replace_epochs": 0}, "replace_epochs"),
-        ({"replacement_schedule": Constant(end=0.0)}, "replacement_schedule"),
-        ({"replacement_schedule": 0.5}, "replacement_schedule"),
-        (
-            {"replacement_schedule": {"_target_": "slimnlp.schedules.Linear", "start": -0.1}},
-            "replacement_schedule",
-        ),
-        (
-            {"replacement_schedule": {"_target_": "slimnlp.schedules.Constant", "end": 1.5}},
-            "replacement_schedule",
-        ),
+        ({"schedule": Constant(end=0.0)}, "schedule"),
+        ({"schedule": 0.5}, "schedule"),
+        ({"schedule": Linear(start=-0.1)}, "schedule"),
+        ({"schedule": Constant(end=1.5)}, "schedule"),
     ],
 )
 def test_theseus_rejects_bad_hparams_before_any_model(hparams, key):
-    with pytest.raises(ConfigError, match=f"technique.{key}"):
+    with pytest.raises(ConfigError, match=f"^{key}|technique.{key}"):
         BertOfTheseus.check_hparams(**hparams)
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import warnings
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,10 @@ import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls a torch API that torch 2.13 deprecates, once per loader: not ours to fix.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from slimnlp.data.sources import Source
@@ -266,9 +271,11 @@ class TextClassificationDataModule(LightningDataModule):
     # ---- loaders -----------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         # Seeded from the run seed (seed_everything sets torch.initial_seed()): reproducible per seed,
-        # independent of how many random numbers model construction consumed.
+        # independent of how many random numbers model construction consumed. A StatefulDataLoader, whose
+        # position Lightning checkpoints, so a run resumed mid-epoch continues with the batches that epoch
+        # had not yet seen instead of replaying its first ones.
         generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
-        return DataLoader(
+        return StatefulDataLoader(
             self._ready()[split],
             batch_size=batch_size,
             shuffle=shuffle,
@@ -287,6 +294,15 @@ class TextClassificationDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._loader(name, self.eval_batch_size) for name in self.test_split_names]
         return loaders if len(loaders) > 1 else loaders[0]
+
+    def calibration_dataloader(self, num_samples: int, batch_size: int | None = None) -> DataLoader:
+        """A seeded subset of ``num_samples`` training examples (all when the split is smaller), in a fixed
+        order: what post-training techniques calibrate on."""
+        _positive("calibration.num_samples", num_samples)
+        _positive("calibration.batch_size", batch_size, optional=True)
+        train = self._ready()["train"]
+        subset = train.shuffle(seed=self.split_seed).select(range(min(num_samples, len(train))))
+        return DataLoader(subset, batch_size=batch_size or self.batch_size, collate_fn=self.collate)
 
     def fixed_length_batch(self, batch_size: int, split: str = "test") -> dict[str, torch.Tensor]:
         """``batch_size`` examples padded to exactly ``max_length`` (examples repeat if the split is

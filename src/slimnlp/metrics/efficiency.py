@@ -1,4 +1,4 @@
-"""Efficiency measured, not computed: parameters, bytes on disk and wall-clock latency.
+"""Efficiency measured, not computed: parameters and wall-clock latency (bytes on disk: ``slimnlp.artifacts``).
 
 Latency is the median over repeats of a full forward pass on one fixed batch, after warm-up, in
 inference mode. Student and teacher are timed alternately in the same process so that frequency
@@ -10,22 +10,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from slimnlp.techniques.base import model_inputs
+from slimnlp.batch import model_inputs
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def weights_bytes(folder: str | Path) -> int:
-    """Bytes of the weight files a saved model folder holds (what a user would ship)."""
-    patterns = ("*.safetensors", "*.bin", "*.pt", "*.pth")
-    return sum(f.stat().st_size for pattern in patterns for f in Path(folder).glob(pattern))
 
 
 @torch.inference_mode()

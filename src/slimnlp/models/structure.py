@@ -89,6 +89,29 @@ def intermediate_size(model: PreTrainedModel) -> int:
     return getattr(model.config, _arch(model.config).ffn_key)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """An encoder's shape as its config states it: what techniques check before any weight is loaded."""
+
+    model_type: str
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+
+
+def shape(config: PretrainedConfig) -> Shape:
+    """The shape of the model a config describes (no weights needed)."""
+    arch = _arch(config)
+    return Shape(
+        model_type=config.model_type,
+        layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        heads=config.num_attention_heads,
+        ffn=getattr(config, arch.ffn_key),
+    )
+
+
 def resized_config(
     config: PretrainedConfig,
     *,

@@ -8,6 +8,7 @@ the results-only ``name`` key and calls the partial with ``teacher=`` and ``num_
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
@@ -104,9 +105,13 @@ def pretrained(
 ) -> PreTrainedModel:
     """A student loaded from an HF checkpoint, local folder or slimnlp run folder (``<run>/student``).
 
+    A slimnlp artifact of any shape (pruned heads, factorized or shared layers …) is rebuilt exactly by
+    ``slimnlp.load_student``; a plain checkpoint loads as a classifier (a new head when it has none).
     Refused when its vocabulary size differs from the teacher's: teacher and student read the same
     tokenized batches, so they must share a tokenizer. ``cache_dir`` is needed only for zipparts:// paths.
     """
+    from slimnlp.artifacts import MANIFEST_NAME, load_student
+
     source = resolve_pretrained(path, cache_dir, key="student.path")
     vocab_S, vocab_T = AutoConfig.from_pretrained(source).vocab_size, teacher.config.vocab_size
     if vocab_S != vocab_T:
@@ -116,11 +121,15 @@ def pretrained(
             f"a model with the teacher's vocabulary ({vocab_T} tokens; this one has {vocab_S}): "
             "students share the teacher's tokenizer",
         )
+    attn = teacher.config._attn_implementation
+    if (Path(source) / MANIFEST_NAME).is_file():
+        student = load_student(source, attn_implementation=attn)
+        if student.config.num_labels != num_labels:
+            raise ConfigError("student.path", path, f"a student of this task's {num_labels} labels")
+        return student.train()
     labels = teacher.config.id2label
     label_names = [labels[i] for i in range(num_labels)] if len(labels) == num_labels else None
-    return load_classifier(
-        source, num_labels, attn_implementation=teacher.config._attn_implementation, label_names=label_names
-    )
+    return load_classifier(source, num_labels, attn_implementation=attn, label_names=label_names)
 
 
 def describe(model: PreTrainedModel) -> dict[str, int | str]:

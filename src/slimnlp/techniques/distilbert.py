@@ -18,39 +18,28 @@ width (DistilBERT halves the depth, not the width); use ``technique=tinybert`` f
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.distilbert import cosine_hidden_loss
 from slimnlp.losses.kd import kd_kl
 from slimnlp.models import structure
-from slimnlp.techniques.base import Technique
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
 
 
 class DistilBERT(Technique):
-    requires_teacher = True
-    needs_hidden_states = True
-    uses_teacher_logits_only = False  # the cosine loss needs the teacher's hidden states
-
     def __init__(self, alpha: float = 0.5, temperature: float = 2.0, beta: float = 0.1, **base: Any) -> None:
         self.validate_hparams(alpha=alpha, temperature=temperature, beta=beta)
         super().__init__(**base)
         self.alpha, self.temperature, self.beta = alpha, temperature, beta
-        width_S, width_T = structure.hidden_size(self.student), structure.hidden_size(self.teacher)
-        if width_S != width_T:
-            raise ConfigError(
-                "student.hidden_size",
-                width_S,
-                f"the teacher's {width_T}: the cosine loss compares hidden states directly; "
-                "use technique=tinybert for a projection",
-            )
         log.info(
             "DistilBERT teacher layer -> student layer: %d -> %d (last hidden states, cosine)",
             structure.num_layers(self.teacher) - 1,
@@ -62,6 +51,27 @@ class DistilBERT(Technique):
         check_kd_weights(alpha, temperature)
         if beta < 0:
             raise ConfigError("technique.beta", beta, "the weight of the cosine loss must be >= 0")
+
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(teacher=True, hidden_states=True)
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        width_S, width_T = student.hidden_size, teacher.hidden_size
+        if width_S != width_T:
+            raise ConfigError(
+                "student.hidden_size",
+                width_S,
+                f"the teacher's {width_T}: the cosine loss compares hidden states directly; "
+                "use technique=tinybert for a projection",
+            )
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out_S = self.student_outputs(batch)

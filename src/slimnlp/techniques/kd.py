@@ -14,7 +14,7 @@ from torch import Tensor
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl, logits_mse
-from slimnlp.techniques.base import Technique
+from slimnlp.techniques.base import Requirements, Technique
 
 LOSSES = ("kl", "mse")
 
@@ -28,9 +28,6 @@ def check_kd_weights(alpha: float, temperature: float, key: str = "technique") -
 
 
 class LogitKD(Technique):
-    requires_teacher = True
-    uses_teacher_logits_only = True
-
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
         self.validate_hparams(alpha=alpha, temperature=temperature, loss=loss)
         super().__init__(**base)
@@ -41,6 +38,10 @@ class LogitKD(Technique):
         check_kd_weights(alpha, temperature)
         if loss not in LOSSES:
             raise ConfigError("technique.loss", loss, f"allowed: {', '.join(LOSSES)}")
+
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(teacher=True, cacheable_teacher_logits=True)
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits_S = self(batch)

@@ -49,10 +49,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from transformers import get_scheduler
 
+from slimnlp.batch import MODEL_INPUTS, model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
-from slimnlp.models.loading import set_attention_implementation
-from slimnlp.techniques.base import MODEL_INPUTS, Technique, model_inputs
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 TEACHER_OPTIM_KEY = "meta_kd_teacher_optimizer"
@@ -95,9 +95,6 @@ def _select(batch: Mapping[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
 
 
 class MetaDistil(Technique):
-    requires_teacher = True
-    uses_teacher_logits_only = False  # the teacher changes every step
-
     def __init__(
         self,
         alpha: float = 0.5,
@@ -161,10 +158,13 @@ class MetaDistil(Technique):
         if not teacher_max_grad_norm > 0:
             raise ConfigError("technique.teacher_max_grad_norm", teacher_max_grad_norm, "> 0")
 
-    def prepare_student(self) -> None:
-        # The pilot update differentiates through the student's backward pass: torch's fused sdpa kernels
-        # have no double backward (``..._flash_attention_for_cpu_backward``), eager attention has.
-        set_attention_implementation(self.student, "eager")
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        # The teacher changes every step (no logit cache). The pilot update differentiates through the
+        # student's backward pass: torch's fused sdpa kernels have no double backward
+        # (``..._flash_attention_for_cpu_backward``), eager attention has. The teacher copy's gradients are
+        # taken with autograd.grad, which DDP would never reduce across processes.
+        return Requirements(teacher=True, attention="eager", ddp=False)
 
     # ------------------------------------------------------------------ optimizers
     def trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:

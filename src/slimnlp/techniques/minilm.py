@@ -26,18 +26,19 @@ relative position bias, so MiniLM v1 refuses MPNet models (v2's relations do not
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.minilm import attention_kl, relation_kl, value_relation_kl
 from slimnlp.models import structure
 from slimnlp.models.capture import QKV, attention_scores, capture_qkv
-from slimnlp.techniques.base import Technique
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -63,21 +64,12 @@ class _SelfAttentionKD(Technique):
     """Shared loop: capture one teacher layer and the student's last layer, add the relation losses to
     the prediction-layer loss."""
 
-    requires_teacher = True
-    uses_teacher_logits_only = False  # needs the teacher's queries, keys and values
     paper: ClassVar[str]
 
-    def __init__(
-        self, alpha: float, temperature: float, beta: float, teacher_layer: int, **base: Any
-    ) -> None:
+    def __init__(self, alpha: float, temperature: float, beta: float, **base: Any) -> None:
         super().__init__(**base)
         self.alpha, self.temperature, self.beta = alpha, temperature, beta
-        num_T = structure.num_layers(self.teacher)
-        if not -num_T <= teacher_layer < num_T:
-            raise ConfigError(
-                "technique.teacher_layer", teacher_layer, f"a teacher layer index in -{num_T}..{num_T - 1}"
-            )
-        self.teacher_layer = teacher_layer % num_T
+        self.teacher_layer = self.hparams.get("teacher_layer", -1) % structure.num_layers(self.teacher)
         for model in (self.student, self.teacher):  # unsupported architectures fail now, not mid-training
             with capture_qkv(model, [-1]):
                 pass
@@ -87,6 +79,24 @@ class _SelfAttentionKD(Technique):
             self.teacher_layer,
             structure.num_layers(self.student) - 1,
         )
+
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(teacher=True)  # queries, keys and values of the teacher: not cacheable
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        num_T, teacher_layer = teacher.num_hidden_layers, hparams.get("teacher_layer", -1)
+        if not -num_T <= teacher_layer < num_T:
+            raise ConfigError(
+                "technique.teacher_layer", teacher_layer, f"a teacher layer index in -{num_T}..{num_T - 1}"
+            )
 
     @classmethod
     def _check_common(cls, alpha: float, temperature: float, beta: float) -> None:
@@ -114,15 +124,28 @@ class _SelfAttentionKD(Technique):
 
 
 class MiniLM(_SelfAttentionKD):
+    """The teacher's last layer teaches the student's last layer (``teacher_layer`` is not a choice here)."""
+
     paper = "MiniLM"
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, beta: float = 1.0, **base: Any) -> None:
         self.validate_hparams(alpha=alpha, temperature=temperature, beta=beta)
-        super().__init__(alpha, temperature, beta, teacher_layer=-1, **base)
-        heads_S, heads_T = (
-            structure.num_attention_heads(self.student),
-            structure.num_attention_heads(self.teacher),
-        )
+        super().__init__(alpha, temperature, beta, **base)
+
+    @classmethod
+    def validate_hparams(cls, alpha: float, temperature: float, beta: float, **_: Any) -> None:
+        cls._check_common(alpha, temperature, beta)
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        super().check_models(student, teacher, **hparams)
+        heads_S, heads_T = student.num_attention_heads, teacher.num_attention_heads
         if heads_S != heads_T:
             raise ConfigError(
                 "student.num_attention_heads",
@@ -130,18 +153,14 @@ class MiniLM(_SelfAttentionKD):
                 f"the teacher's {heads_T}: MiniLM matches attention maps head by head; "
                 "technique=minilm_v2 allows other head counts",
             )
-        for model in (self.student, self.teacher):
-            if model.config.model_type == "mpnet":
+        for config in (student, teacher):
+            if config.model_type == "mpnet":
                 raise ConfigError(
                     "technique",
                     "minilm",
                     "a model without a relative position bias in its attention scores (MPNet has one, which "
                     "captured Q/K do not carry); technique=minilm_v2 does not use the scores",
                 )
-
-    @classmethod
-    def validate_hparams(cls, alpha: float, temperature: float, beta: float, **_: Any) -> None:
-        cls._check_common(alpha, temperature, beta)
 
     def relation_losses(self, qkv_S: QKV, qkv_T: QKV, attention_mask: Tensor) -> dict[str, Tensor]:
         probs_S = attention_scores(qkv_S.query, qkv_S.key, attention_mask).softmax(-1)
@@ -171,18 +190,8 @@ class MiniLMv2(_SelfAttentionKD):
             relation_heads=relation_heads,
             teacher_layer=teacher_layer,
         )
-        super().__init__(alpha, temperature, beta, teacher_layer=teacher_layer, **base)
+        super().__init__(alpha, temperature, beta, **base)
         self.relation_heads = relation_heads
-        widths = {
-            side: structure.hidden_size(m)
-            for side, m in (("student", self.student), ("teacher", self.teacher))
-        }
-        if any(width % relation_heads for width in widths.values()):
-            raise ConfigError(
-                "technique.relation_heads",
-                relation_heads,
-                f"a divisor of both widths (student {widths['student']}, teacher {widths['teacher']})",
-            )
 
     @classmethod
     def validate_hparams(
@@ -204,6 +213,24 @@ class MiniLMv2(_SelfAttentionKD):
                 "technique.teacher_layer",
                 teacher_layer,
                 "an integer layer index (negative counts from the end)",
+            )
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        super().check_models(student, teacher, **hparams)
+        relation_heads = hparams["relation_heads"]
+        widths = {"student": student.hidden_size, "teacher": teacher.hidden_size}
+        if any(width % relation_heads for width in widths.values()):
+            raise ConfigError(
+                "technique.relation_heads",
+                relation_heads,
+                f"a divisor of both widths (student {widths['student']}, teacher {widths['teacher']})",
             )
 
     def relation_losses(self, qkv_S: QKV, qkv_T: QKV, attention_mask: Tensor) -> dict[str, Tensor]:

@@ -36,7 +36,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl, logits_mse
 from slimnlp.losses.mixkd import mixup, sample_mixup_lambda
 from slimnlp.models import structure
-from slimnlp.techniques.base import Technique
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import LOSSES, check_kd_weights
 
 RNG_STATE_KEY = "mixkd_rng_state"
@@ -67,9 +67,6 @@ def mixed_inputs(
 
 
 class MixKD(Technique):
-    requires_teacher = True
-    uses_teacher_logits_only = False  # teacher outputs on mixed inputs are new every step
-
     def __init__(
         self,
         alpha: float = 0.5,
@@ -95,6 +92,10 @@ class MixKD(Technique):
         self.mix_alpha, self.tmkd_weight, self.sm_weight = mix_alpha, tmkd_weight, sm_weight
         # null seed: the run seed (the runner seeds torch before building the technique)
         self.rng = np.random.default_rng(torch.initial_seed() if seed is None else seed)
+
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(teacher=True)  # teacher outputs on mixed inputs are new every step: no cache
 
     @classmethod
     def validate_hparams(

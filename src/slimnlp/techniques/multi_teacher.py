@@ -27,7 +27,7 @@ Hidden states are only averaged across teachers as wide as the student; any othe
 
 Teachers are held unregistered, like the base class's ``teacher``: frozen, in eval mode, outside the
 optimizer and the checkpoint. Without the hidden loss only logits are needed, and each teacher's logits can
-come from its own per-example ``TeacherLogitCache`` (attach them with ``attach_logit_caches``); the
+come from its own per-example ``TeacherLogitCache`` (the runner attaches them, ``attach_logit_caches``); the
 combination is recomputed from the cached logits every step, so ``combine=performance`` stays exact.
 """
 
@@ -40,16 +40,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from transformers import PreTrainedModel
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
 
+from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.tinybert import hidden_mse
 from slimnlp.models import structure
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.teacher_cache import TeacherLogitCache
-from slimnlp.techniques.base import Technique, model_inputs
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,6 @@ def _check_specs(teachers: Any) -> None:
 
 
 class MultiTeacherKD(Technique):
-    requires_teacher = True
-    uses_teacher_logits_only = True  # without the hidden loss, each teacher's logits may be cached
-
     def __init__(
         self,
         teachers: Sequence[PreTrainedModel],
@@ -149,14 +146,14 @@ class MultiTeacherKD(Technique):
         super().__init__(**base)
         self.combine, self.alpha, self.temperature = combine, alpha, temperature
         self.hidden_weight = hidden_weight
-        self.needs_hidden_states = hidden_weight > 0  # instance override of the class flag
         w = torch.ones(len(teachers)) if weights is None else torch.tensor([float(x) for x in weights])
         self.register_buffer("teacher_weights", w / w.sum(), persistent=False)
         for teacher in teachers:
             teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teachers", list(teachers))  # unregistered on purpose, like base.teacher
-        self.logit_caches: list[TeacherLogitCache | None] = [None] * len(teachers)
-        self._check_models(layer_map)
+        self.extra_logit_caches = [None] * len(teachers)
+        self.check_models(self.student.config, None, [t.config for t in teachers], **self.hparams)
+        self.layer_maps = self._derive_layer_maps(layer_map)
 
     @classmethod
     def validate_hparams(
@@ -198,10 +195,46 @@ class MultiTeacherKD(Technique):
                 "null (uniform map per teacher) or teacher layer indices >= 0",
             )
 
-    def _check_models(self, layer_map: Sequence[int] | None) -> None:
-        """Label spaces must agree; with the hidden loss, widths must match and layer maps are derived."""
+    @classmethod
+    def requirements(cls, hidden_weight: float = 0.0, **_: Any) -> Requirements:
+        # Without the hidden loss each teacher's logits may come from its own disk cache.
+        hidden = hidden_weight > 0
+        return Requirements(
+            teacher=True, extra_teachers=True, hidden_states=hidden, cacheable_teacher_logits=not hidden
+        )
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        """With the hidden loss, every teacher must be as wide as the student and the layer map must fit."""
+        if not hparams.get("hidden_weight", 0.0) > 0:
+            return
+        layer_map = hparams.get("layer_map")
+        for k, config in enumerate(extra_teachers):
+            if student.hidden_size != config.hidden_size:
+                raise ConfigError(
+                    "technique.hidden_weight",
+                    hparams["hidden_weight"],
+                    f"the hidden loss averages teacher hidden states, so widths must match: student "
+                    f"{student.hidden_size} vs teacher {k} {config.hidden_size}; set hidden_weight=0",
+                )
+            n_S, n_T = student.num_hidden_layers, config.num_hidden_layers
+            if layer_map is not None and (len(layer_map) != n_S or max(layer_map) >= n_T):
+                raise ConfigError(
+                    "technique.layer_map",
+                    list(layer_map),
+                    f"one teacher layer < {n_T} for each of the {n_S} student layers (teacher {k})",
+                )
+
+    def _derive_layer_maps(self, layer_map: Sequence[int] | None) -> list[list[int]]:
+        """Label spaces must agree; with the hidden loss, one layer map per teacher."""
         num_labels = self.student.config.num_labels
-        self.layer_maps: list[list[int]] = []
+        maps: list[list[int]] = []
         for k, teacher in enumerate(self._teachers):
             if teacher.config.num_labels != num_labels:
                 raise ConfigError(
@@ -209,70 +242,33 @@ class MultiTeacherKD(Technique):
                     teacher.config.num_labels,
                     f"every teacher must predict the student's {num_labels} labels",
                 )
-            if not self.needs_hidden_states:
+            if not self.needs.hidden_states:
                 continue
-            width_S, width_T = structure.hidden_size(self.student), structure.hidden_size(teacher)
-            if width_S != width_T:
-                raise ConfigError(
-                    "technique.hidden_weight",
-                    self.hidden_weight,
-                    f"the hidden loss averages teacher hidden states, so widths must match: student "
-                    f"{width_S} vs teacher {k} {width_T}; set hidden_weight=0",
-                )
             n_S, n_T = structure.num_layers(self.student), structure.num_layers(teacher)
             mapping = uniform_layer_map(n_S, n_T) if layer_map is None else list(layer_map)
-            if len(mapping) != n_S or max(mapping) >= n_T:
-                raise ConfigError(
-                    "technique.layer_map",
-                    list(mapping),
-                    f"one teacher layer < {n_T} for each of the {n_S} student layers (teacher {k})",
-                )
             log.info(
                 "multi_teacher: teacher %d layer -> student layer: %s",
                 k,
                 ", ".join(f"{t}->{s}" for s, t in enumerate(mapping)),
             )
-            self.layer_maps.append(mapping)
+            maps.append(mapping)
+        return maps
 
     @property
     def teachers(self) -> list[PreTrainedModel]:
         return self._teachers
 
-    def attach_logit_caches(self, caches: Sequence[TeacherLogitCache | None]) -> None:
-        """One per-example logit cache per teacher, in the order of ``teachers`` (None: no cache)."""
-        if len(caches) != len(self._teachers):
-            raise ValueError(f"expected {len(self._teachers)} caches (one per teacher), got {len(caches)}")
-        self.logit_caches = list(caches)
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        for teacher in self._teachers:
-            teacher.to(self.device).eval()
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        for cache in self.logit_caches:
-            if cache is not None:
-                cache.save_if_complete()
-
-    # ------------------------------------------------------------------ teachers
-    @torch.no_grad()
-    def _teacher_logits(self, k: int, batch: Mapping[str, Tensor]) -> Tensor:
-        cache = self.logit_caches[k] if self.training and "idx" in batch else None
-        if cache is not None and (cached := cache.get(batch["idx"])) is not None:
-            return cached.to(self.device)
-        logits = self._teachers[k](**model_inputs(batch)).logits
-        if cache is not None:
-            cache.put(batch["idx"], logits)
-        return logits
+    def frozen_models(self) -> list[nn.Module]:
+        return [*super().frozen_models(), *self._teachers]
 
     @torch.no_grad()
     def ensemble_outputs(
         self, batch: Mapping[str, Tensor]
     ) -> tuple[list[Tensor], list[tuple[Tensor, ...]] | None]:
         """Every teacher's logits (cached where possible) and, with the hidden loss, its hidden states."""
-        if not self.needs_hidden_states:
-            return [self._teacher_logits(k, batch) for k in range(len(self._teachers))], None
+        if not self.needs.hidden_states:
+            caches = self.extra_logit_caches
+            return [self.cached_logits(cache, t, batch) for cache, t in zip(caches, self._teachers)], None
         outs = [t(**model_inputs(batch), output_hidden_states=True) for t in self._teachers]
         return [o.logits for o in outs], [o.hidden_states for o in outs]
 

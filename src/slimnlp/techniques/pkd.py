@@ -36,13 +36,14 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.pkd import pkd_loss
 from slimnlp.models import structure
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.techniques.base import Technique
+from slimnlp.techniques.base import Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ def pkd_layer_map(num_student: int, num_teacher: int, strategy: str) -> list[int
 
 
 class PatientKD(Technique):
-    requires_teacher = True
-    needs_hidden_states = True
-    uses_teacher_logits_only = False  # the teacher's hidden states are needed, not only its logits
-
     def __init__(
         self,
         alpha: float = 0.5,
@@ -78,7 +75,12 @@ class PatientKD(Technique):
         )
         super().__init__(**base)
         self.alpha, self.temperature, self.beta = alpha, temperature, beta
-        self.layer_map = self._resolve_layer_map(strategy, layer_map)
+        num_S, num_T = structure.num_layers(self.student), structure.num_layers(self.teacher)
+        if layer_map is None:
+            self.layer_map = pkd_layer_map(num_S, num_T, strategy)
+        else:
+            self.layer_map = list(layer_map)
+            log.info("PKD: technique.layer_map given, strategy=%s ignored", strategy)
         log.info(
             "PKD teacher layer -> student layer: %s",
             ", ".join(f"{t} -> {s}" for s, t in enumerate(self.layer_map)),
@@ -107,9 +109,21 @@ class PatientKD(Technique):
                 "technique.layer_map", layer_map, "null (derived) or a list of teacher layer indices >= 0"
             )
 
-    def _resolve_layer_map(self, strategy: str, layer_map: Sequence[int] | None) -> list[int]:
-        num_S, num_T = structure.num_layers(self.student), structure.num_layers(self.teacher)
-        width_S, width_T = structure.hidden_size(self.student), structure.hidden_size(self.teacher)
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(teacher=True, hidden_states=True)
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        num_S, num_T = student.num_hidden_layers, teacher.num_hidden_layers
+        width_S, width_T = student.hidden_size, teacher.hidden_size
+        layer_map = hparams.get("layer_map")
         if width_S != width_T:
             raise ConfigError(
                 "student.hidden_size",
@@ -123,17 +137,12 @@ class PatientKD(Technique):
                 f"2..{num_T} for PKD (the teacher has {num_T} layers; the last student layer is left to the "
                 "prediction loss)",
             )
-        if layer_map is None:
-            return pkd_layer_map(num_S, num_T, strategy)
-        layer_map = list(layer_map)
-        if len(layer_map) != num_S - 1 or max(layer_map) >= num_T:
+        if layer_map is not None and (len(layer_map) != num_S - 1 or max(layer_map) >= num_T):
             raise ConfigError(
                 "technique.layer_map",
-                layer_map,
+                list(layer_map),
                 f"{num_S - 1} teacher layer indices in 0..{num_T - 1}, one per student layer but the last",
             )
-        log.info("PKD: technique.layer_map given, strategy=%s ignored", strategy)
-        return layer_map
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out_S = self.student_outputs(batch)

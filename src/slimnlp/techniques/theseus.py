@@ -8,7 +8,8 @@ code JetRunner/BERT-of-Theseus. No distillation loss: the only objective is the 
 where the predecessor (the fine-tuned teacher, ``L_T`` layers) is cut into ``n = L_S`` modules of
 ``k = L_T / L_S`` consecutive layers and successor ``i`` is student layer ``i``. ``p`` is constant or the
 paper's linear curriculum ``p_d = min(1, k·t + b)`` (``slimnlp.schedules.Linear`` with ``start = b``,
-``end = 1``; the ramp's slope follows from the stage's length). Two stages:
+``end = 1``; the ramp's slope follows from the stage's length), taken from the run's ``schedule`` group
+(``schedule=constant schedule.end=0.5``; none chosen: the linear curriculum with b = 0.3). Two stages:
 
 1. ``replace``: the compound model above; only the successor layers train. It runs to the end of its
    curriculum and keeps its last weights (no best-checkpoint pick halfway through the ramp).
@@ -33,18 +34,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
+from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.modules.theseus import compound_layers, lent_layers, sample_replacement
 from slimnlp.schedules import Linear
-from slimnlp.techniques.base import Stage, Technique, model_inputs
+from slimnlp.techniques.base import Requirements, Stage, Technique
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +57,15 @@ CURRICULUM = Linear(start=0.3, end=1.0)
 
 
 class BertOfTheseus(Technique):
-    requires_teacher = True
-
     def __init__(
         self,
-        replacement_schedule: RateSchedule | Mapping[str, Any] = CURRICULUM,
+        schedule: RateSchedule = CURRICULUM,
         stage: str = "both",
         replace_epochs: int | None = None,
         finetune_epochs: int | None = None,
         **base: Any,
     ) -> None:
-        self.validate_hparams(replacement_schedule, stage, replace_epochs, finetune_epochs)
+        self.validate_hparams(schedule, stage, replace_epochs, finetune_epochs)
         if stage == "both":
             raise ConfigError(
                 "technique.stage",
@@ -73,22 +73,16 @@ class BertOfTheseus(Technique):
                 "replace or finetune when built directly; stage=both is run by the "
                 "runner as the two stages of BertOfTheseus.stages()",
             )
-        if isinstance(replacement_schedule, Mapping):
-            raise ConfigError(
-                "technique.replacement_schedule",
-                dict(replacement_schedule),
-                "a schedule object (slimnlp.schedules.*); configs are instantiated by the runner",
-            )
         super().__init__(**base)
         self.stage = stage
-        self.replacement_schedule = replacement_schedule
+        self.replacement_schedule = schedule
         self._share_and_freeze()
 
     # ------------------------------------------------------------------ config
     @classmethod
     def validate_hparams(
         cls,
-        replacement_schedule: RateSchedule | Mapping[str, Any],
+        schedule: RateSchedule,
         stage: str,
         replace_epochs: int | None,
         finetune_epochs: int | None,
@@ -99,13 +93,46 @@ class BertOfTheseus(Technique):
         for key, value in (("replace_epochs", replace_epochs), ("finetune_epochs", finetune_epochs)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"technique.{key}", value, "null (trainer.max_epochs) or an integer >= 1")
-        first, last = _rate_endpoints(replacement_schedule)
+        if not callable(schedule):
+            raise ConfigError("schedule", schedule, "a slimnlp.schedules object or a callable (step, total) -> p")
+        first, last = float(schedule(0, 1)), float(schedule(1, 1))
         if not (0.0 <= first <= 1.0 and 0.0 < last <= 1.0):
             raise ConfigError(
-                "technique.replacement_schedule",
+                "schedule",
                 {"start": first, "end": last},
                 "replacement rates in [0, 1] that end above 0 (at 0 no successor is ever trained)",
             )
+
+    @classmethod
+    def requirements(cls, stage: str = "both", **_: Any) -> Requirements:
+        # Module replacing runs a random subset of the successors each step: the others get no gradient.
+        return Requirements(teacher=True, find_unused_parameters=stage in ("both", "replace"))
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        num_T, num_S = teacher.num_hidden_layers, student.num_hidden_layers
+        if num_T % num_S:
+            valid = [d for d in range(1, num_T + 1) if num_T % d == 0]
+            raise ConfigError(
+                "student.num_layers",
+                num_S,
+                f"a divisor of the teacher's {num_T} layers ({', '.join(map(str, valid))}): each successor "
+                "replaces k = L_T / L_S consecutive teacher layers",
+            )
+        for key in ("model_type", "hidden_size"):
+            if getattr(student, key) != getattr(teacher, key):
+                raise ConfigError(
+                    f"student.{key}",
+                    getattr(student, key),
+                    f"the teacher's {getattr(teacher, key)!r}: successor and predecessor layers "
+                    "must be interchangeable",
+                )
 
     @classmethod
     def stages(
@@ -123,26 +150,10 @@ class BertOfTheseus(Technique):
 
     # ------------------------------------------------------------------- setup
     def _share_and_freeze(self) -> None:
-        """Check the shapes, hold a frozen copy of the teacher's layers, share its embeddings and head."""
+        """Hold a frozen copy of the teacher's layers, share its embeddings and head (shapes: check_models)."""
         teacher, student = self.teacher, self.student
         assert teacher is not None
         num_T, num_S = structure.num_layers(teacher), structure.num_layers(student)
-        if num_T % num_S:
-            valid = [d for d in range(1, num_T + 1) if num_T % d == 0]
-            raise ConfigError(
-                "student.num_layers",
-                num_S,
-                f"a divisor of the teacher's {num_T} layers ({', '.join(map(str, valid))}): each successor "
-                "replaces k = L_T / L_S consecutive teacher layers",
-            )
-        for key in ("model_type", "hidden_size"):
-            if getattr(student.config, key) != getattr(teacher.config, key):
-                raise ConfigError(
-                    f"student.{key}",
-                    getattr(student.config, key),
-                    f"the teacher's {getattr(teacher.config, key)!r}: successor and predecessor layers "
-                    "must be interchangeable",
-                )
         self.block = num_T // num_S
         predecessors = None
         if self.stage == "replace":
@@ -205,21 +216,6 @@ class BertOfTheseus(Technique):
     def export_student(self) -> PreTrainedModel:
         """The successor model with the shared (teacher) embeddings and head; nothing left frozen."""
         return self.student.requires_grad_(True)
-
-
-def _rate_endpoints(schedule: RateSchedule | Mapping[str, Any]) -> tuple[float, float]:
-    """First and last replacement rate of a schedule object, or of its config node (before instantiation)."""
-    if not (isinstance(schedule, Mapping) or callable(schedule)):
-        raise ConfigError(
-            "technique.replacement_schedule",
-            schedule,
-            "a slimnlp.schedules node or a callable (step, total) -> p",
-        )
-    if isinstance(schedule, Mapping):
-        constant = str(schedule.get("_target_", "")).endswith("Constant")
-        end = float(schedule.get("end", 1.0))
-        return (end if constant else float(schedule.get("start", 0.0))), end
-    return float(schedule(0, 1)), float(schedule(1, 1))
 
 
 def _copy_shared_weights(teacher: PreTrainedModel, student: PreTrainedModel) -> None:

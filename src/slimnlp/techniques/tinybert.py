@@ -26,6 +26,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import soft_cross_entropy
@@ -33,7 +34,7 @@ from slimnlp.losses.tinybert import attention_mse, embedding_mse, hidden_mse
 from slimnlp.models import structure
 from slimnlp.models.capture import QKV, attention_scores, capture_qkv
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.techniques.base import Stage, Technique
+from slimnlp.techniques.base import Requirements, Stage, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,6 @@ STAGES = ("both", "intermediate", "prediction")
 
 
 class TinyBERT(Technique):
-    requires_teacher = True
-    needs_hidden_states = True
-
     def __init__(
         self,
         stage: str = "both",
@@ -65,10 +63,6 @@ class TinyBERT(Technique):
             )
         super().__init__(**base)
         self.stage, self.temperature, self.alpha = stage, temperature, alpha
-        # The prediction stage reads nothing but teacher logits (the runner may then serve them from its disk
-        # cache); only the intermediate stage needs hidden states.
-        self.uses_teacher_logits_only = stage == "prediction"
-        self.needs_hidden_states = stage == "intermediate"
         self.proj: nn.Linear | None = None
         self.layer_map: list[int] = []
         if stage == "intermediate":
@@ -108,6 +102,41 @@ class TinyBERT(Technique):
                 raise ConfigError(f"technique.{key}", value, "null (trainer.max_epochs) or an integer >= 1")
 
     @classmethod
+    def requirements(cls, stage: str = "both", **_: Any) -> Requirements:
+        # The prediction stage reads nothing but teacher logits (the runner may then serve them from its disk
+        # cache); the intermediate stage needs hidden states and never trains the pooler and classifier.
+        intermediate = Requirements(teacher=True, hidden_states=True, find_unused_parameters=True)
+        prediction = Requirements(teacher=True, cacheable_teacher_logits=True)
+        per_stage = {"intermediate": [intermediate], "prediction": [prediction]}
+        return Requirements.union(per_stage.get(stage, [intermediate, prediction]))
+
+    @classmethod
+    def check_models(
+        cls,
+        student: PretrainedConfig,
+        teacher: PretrainedConfig | None,
+        extra_teachers: Sequence[PretrainedConfig] = (),
+        **hparams: Any,
+    ) -> None:
+        if hparams.get("stage") == "prediction":
+            return
+        num_S, num_T = student.num_hidden_layers, teacher.num_hidden_layers
+        layer_map = hparams.get("layer_map")
+        if layer_map is not None and (len(layer_map) != num_S or max(layer_map) >= num_T):
+            raise ConfigError(
+                "technique.layer_map",
+                list(layer_map),
+                f"{num_S} teacher layer indices (one per student layer) in 0..{num_T - 1}",
+            )
+        heads_S, heads_T = student.num_attention_heads, teacher.num_attention_heads
+        if heads_S != heads_T:
+            raise ConfigError(
+                "student.num_attention_heads",
+                heads_S,
+                f"{heads_T} (the teacher's): TinyBERT's attention loss compares the heads one to one",
+            )
+
+    @classmethod
     def stages(
         cls,
         stage: str = "both",
@@ -130,22 +159,7 @@ class TinyBERT(Technique):
         teacher, student = self.teacher, self.student
         assert teacher is not None
         num_S, num_T = structure.num_layers(student), structure.num_layers(teacher)
-        if layer_map is None:
-            layer_map = uniform_layer_map(num_S, num_T)
-        elif len(layer_map) != num_S or max(layer_map) >= num_T:
-            raise ConfigError(
-                "technique.layer_map",
-                list(layer_map),
-                f"{num_S} teacher layer indices (one per student layer) in 0..{num_T - 1}",
-            )
-        heads_S, heads_T = structure.num_attention_heads(student), structure.num_attention_heads(teacher)
-        if heads_S != heads_T:
-            raise ConfigError(
-                "student.num_attention_heads",
-                heads_S,
-                f"{heads_T} (the teacher's): TinyBERT's attention loss compares the heads one to one",
-            )
-        self.layer_map = list(layer_map)
+        self.layer_map = uniform_layer_map(num_S, num_T) if layer_map is None else list(layer_map)
         width_S, width_T = structure.hidden_size(student), structure.hidden_size(teacher)
         if width_S != width_T:
             self.proj = nn.Linear(width_S, width_T)

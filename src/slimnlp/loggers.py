@@ -1,0 +1,39 @@
+"""Experiment loggers (CSV, TensorBoard, W&B) for one run, always closed: a crashed run's W&B run is marked
+failed (exit code 1) instead of being left open, and a successful one gets the final metrics as its summary."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger("slimnlp")
+
+
+def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        extra = {"tags": [*tags, *node.get("tags", [])]} if "tags" in node else {}
+        loggers.append(instantiate(node, **extra))
+        log.debug("logger %s enabled", name)
+    return loggers
+
+
+def finish_loggers(loggers: list[Any], metrics: dict[str, float], status: str) -> None:
+    """Log the final metrics (on success) and close every logger; ``status`` is ``success`` or ``failed``."""
+    for lg in loggers:
+        try:
+            if status == "success":
+                lg.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=0)
+            lg.finalize(status)
+            experiment = getattr(lg, "_experiment", None)  # W&B: only a run that was started is finished
+            if experiment is not None and hasattr(experiment, "finish"):
+                if status == "success":
+                    experiment.summary.update(metrics)  # the final metrics as the run summary
+                experiment.finish(exit_code=0 if status == "success" else 1)  # writes (and syncs) the run
+        except Exception:  # closing one logger must not hide the run's own error or skip the others
+            log.exception("could not close logger %s", type(lg).__name__)
