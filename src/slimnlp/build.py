@@ -28,7 +28,7 @@ from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.loading import load_classifier, load_tokenizer
 from slimnlp.results import write_json_atomic
 from slimnlp.teachers import load_teacher
-from slimnlp.techniques.base import Requirements, Stage, TaskInfo, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, TaskInfo, Technique
 
 log = logging.getLogger("slimnlp")
 STUDENT_RUNNER_KEYS = ("name", "init_from")  # read by the runner, not passed to the student builder
@@ -206,9 +206,9 @@ def build_models(cfg: DictConfig, run: RunPlan) -> Models:
     student = build_student(cfg, pretrained, dm.num_labels)
     del pretrained
     members = ensemble_members(cfg) if run.needs.extra_teachers else []
-    extra_configs = [teacher_config(member) for member in members]
+    configs = ModelConfigs(student.config, teacher_config(cfg), tuple(teacher_config(m) for m in members))
     for stage in run.stages:
-        run.cls.check_models(student.config, teacher_config(cfg), extra_configs, **run.stage_hparams(stage))
+        run.cls.check_models(configs, **run.stage_hparams(stage))
     teacher, teacher_dir = load_teacher(cfg, tokenizer, label_names)
     if source_init == "finetuned":
         student = build_student(cfg, teacher, dm.num_labels)

@@ -11,11 +11,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForSequenceClassification
 
+from slimnlp.build import STUDENT_RUNNER_KEYS
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.loading import load_classifier
 from slimnlp.models.students import describe, layer_subset, pretrained, resized, uniform_layer_map
-from slimnlp.build import STUDENT_RUNNER_KEYS
 
 STUDENT_CONF = Path(__file__).resolve().parents[2] / "conf" / "student"
 

@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import re
-import warnings
 import shutil
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -6,7 +6,7 @@ never written into checkpoints, never wrapped by DDP. Subclasses write only what
 
 - ``requirements(**hparams)`` (classmethod): what the runner must provide, read once before any model is
   loaded (a teacher, hidden states, cacheable teacher logits, extra teachers, DDP needs, training or not);
-- ``check_models(student, teacher, **hparams)`` (classmethod): shape checks on the model *configs*, run by
+- ``check_models(models, **hparams)`` (classmethod): shape checks on the model *configs* (``ModelConfigs``), run by
   the runner before the teacher is fine-tuned, so an incompatible pair fails in seconds;
 - ``training_loss(batch)``: the objective, as a dict with ``loss`` and named components;
 - ``prepare_student()``: rewrite the student's modules once per stage, after the technique's own
@@ -83,6 +83,15 @@ class Requirements:
 
 
 @dataclass(frozen=True)
+class ModelConfigs:
+    """The models a technique will work on, as configs (no weights): what ``check_models`` checks."""
+
+    student: PretrainedConfig
+    teacher: PretrainedConfig | None
+    extra_teachers: tuple[PretrainedConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stage:
     """One training phase of a technique; the runner runs a technique's stages in order, handing the
     student exported by one stage to the next (TinyBERT: intermediate → prediction layer). A stage owns its
@@ -137,7 +146,8 @@ class Technique(L.LightningModule):
         self.needs = type(self).requirements(**self.hparams)
         if self.needs.teacher and teacher is None:
             raise ConfigError("teacher", None, f"technique {type(self).__name__} needs a teacher")
-        type(self).check_models(student.config, teacher.config if teacher is not None else None, **self.hparams)
+        teacher_config = teacher.config if teacher is not None else None
+        type(self).check_models(ModelConfigs(student.config, teacher_config), **self.hparams)
         self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.task = task
         self.optimizer_factory = optimizer
@@ -287,13 +297,7 @@ class Technique(L.LightningModule):
         return Requirements()
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
         """Check the technique against the model configs (no weights): head counts, widths, depths. The
         runner calls it before fine-tuning the teacher; the constructor calls it again on the real models.
         Raises ConfigError. Default: any pair of models works."""

@@ -18,18 +18,17 @@ width (DistilBERT halves the depth, not the width); use ``technique=tinybert`` f
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.distilbert import cosine_hidden_loss
 from slimnlp.losses.kd import kd_kl
 from slimnlp.models import structure
-from slimnlp.techniques.base import Requirements, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,8 @@ class DistilBERT(Technique):
         return Requirements(teacher=True, hidden_states=True)
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        width_S, width_T = student.hidden_size, teacher.hidden_size
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        width_S, width_T = models.student.hidden_size, models.teacher.hidden_size
         if width_S != width_T:
             raise ConfigError(
                 "student.hidden_size",

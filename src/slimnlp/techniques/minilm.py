@@ -26,19 +26,18 @@ relative position bias, so MiniLM v1 refuses MPNet models (v2's relations do not
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.minilm import attention_kl, relation_kl, value_relation_kl
 from slimnlp.models import structure
 from slimnlp.models.capture import QKV, attention_scores, capture_qkv
-from slimnlp.techniques.base import Requirements, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -85,14 +84,8 @@ class _SelfAttentionKD(Technique):
         return Requirements(teacher=True)  # queries, keys and values of the teacher: not cacheable
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        num_T, teacher_layer = teacher.num_hidden_layers, hparams.get("teacher_layer", -1)
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        num_T, teacher_layer = models.teacher.num_hidden_layers, hparams.get("teacher_layer", -1)
         if not -num_T <= teacher_layer < num_T:
             raise ConfigError(
                 "technique.teacher_layer", teacher_layer, f"a teacher layer index in -{num_T}..{num_T - 1}"
@@ -137,15 +130,9 @@ class MiniLM(_SelfAttentionKD):
         cls._check_common(alpha, temperature, beta)
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        super().check_models(student, teacher, **hparams)
-        heads_S, heads_T = student.num_attention_heads, teacher.num_attention_heads
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        super().check_models(models, **hparams)
+        heads_S, heads_T = models.student.num_attention_heads, models.teacher.num_attention_heads
         if heads_S != heads_T:
             raise ConfigError(
                 "student.num_attention_heads",
@@ -153,7 +140,7 @@ class MiniLM(_SelfAttentionKD):
                 f"the teacher's {heads_T}: MiniLM matches attention maps head by head; "
                 "technique=minilm_v2 allows other head counts",
             )
-        for config in (student, teacher):
+        for config in (models.student, models.teacher):
             if config.model_type == "mpnet":
                 raise ConfigError(
                     "technique",
@@ -216,16 +203,10 @@ class MiniLMv2(_SelfAttentionKD):
             )
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        super().check_models(student, teacher, **hparams)
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        super().check_models(models, **hparams)
         relation_heads = hparams["relation_heads"]
-        widths = {"student": student.hidden_size, "teacher": teacher.hidden_size}
+        widths = {"student": models.student.hidden_size, "teacher": models.teacher.hidden_size}
         if any(width % relation_heads for width in widths.values()):
             raise ConfigError(
                 "technique.relation_heads",

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
@@ -49,7 +49,7 @@ from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.tinybert import hidden_mse
 from slimnlp.models import structure
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.techniques.base import Requirements, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class MultiTeacherKD(Technique):
             teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teachers", list(teachers))  # unregistered on purpose, like base.teacher
         self.extra_logit_caches = [None] * len(teachers)
-        self.check_models(self.student.config, None, [t.config for t in teachers], **self.hparams)
+        self.check_models(ModelConfigs(self.student.config, None, tuple(t.config for t in teachers)), **self.hparams)
         self.layer_maps = self._derive_layer_maps(layer_map)
 
     @classmethod
@@ -204,26 +204,20 @@ class MultiTeacherKD(Technique):
         )
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
         """With the hidden loss, every teacher must be as wide as the student and the layer map must fit."""
         if not hparams.get("hidden_weight", 0.0) > 0:
             return
         layer_map = hparams.get("layer_map")
-        for k, config in enumerate(extra_teachers):
-            if student.hidden_size != config.hidden_size:
+        for k, config in enumerate(models.extra_teachers):
+            if models.student.hidden_size != config.hidden_size:
                 raise ConfigError(
                     "technique.hidden_weight",
                     hparams["hidden_weight"],
                     f"the hidden loss averages teacher hidden states, so widths must match: student "
-                    f"{student.hidden_size} vs teacher {k} {config.hidden_size}; set hidden_weight=0",
+                    f"{models.student.hidden_size} vs teacher {k} {config.hidden_size}; set hidden_weight=0",
                 )
-            n_S, n_T = student.num_hidden_layers, config.num_hidden_layers
+            n_S, n_T = models.student.num_hidden_layers, config.num_hidden_layers
             if layer_map is not None and (len(layer_map) != n_S or max(layer_map) >= n_T):
                 raise ConfigError(
                     "technique.layer_map",

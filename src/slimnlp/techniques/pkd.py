@@ -36,14 +36,13 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import kd_kl
 from slimnlp.losses.pkd import pkd_loss
 from slimnlp.models import structure
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.techniques.base import Requirements, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -114,15 +113,9 @@ class PatientKD(Technique):
         return Requirements(teacher=True, hidden_states=True)
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        num_S, num_T = student.num_hidden_layers, teacher.num_hidden_layers
-        width_S, width_T = student.hidden_size, teacher.hidden_size
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        num_S, num_T = models.student.num_hidden_layers, models.teacher.num_hidden_layers
+        width_S, width_T = models.student.hidden_size, models.teacher.hidden_size
         layer_map = hparams.get("layer_map")
         if width_S != width_T:
             raise ConfigError(

@@ -34,19 +34,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.modules.theseus import compound_layers, lent_layers, sample_replacement
 from slimnlp.schedules import Linear
-from slimnlp.techniques.base import Requirements, Stage, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, Technique
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,8 @@ class BertOfTheseus(Technique):
         return Requirements(teacher=True, find_unused_parameters=stage in ("both", "replace"))
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
-        num_T, num_S = teacher.num_hidden_layers, student.num_hidden_layers
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
+        num_T, num_S = models.teacher.num_hidden_layers, models.student.num_hidden_layers
         if num_T % num_S:
             valid = [d for d in range(1, num_T + 1) if num_T % d == 0]
             raise ConfigError(
@@ -126,11 +120,11 @@ class BertOfTheseus(Technique):
                 "replaces k = L_T / L_S consecutive teacher layers",
             )
         for key in ("model_type", "hidden_size"):
-            if getattr(student, key) != getattr(teacher, key):
+            if getattr(models.student, key) != getattr(models.teacher, key):
                 raise ConfigError(
                     f"student.{key}",
-                    getattr(student, key),
-                    f"the teacher's {getattr(teacher, key)!r}: successor and predecessor layers "
+                    getattr(models.student, key),
+                    f"the teacher's {getattr(models.teacher, key)!r}: successor and predecessor layers "
                     "must be interchangeable",
                 )
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PretrainedConfig
 
 from slimnlp.errors import ConfigError
 from slimnlp.losses.kd import soft_cross_entropy
@@ -34,7 +33,7 @@ from slimnlp.losses.tinybert import attention_mse, embedding_mse, hidden_mse
 from slimnlp.models import structure
 from slimnlp.models.capture import QKV, attention_scores, capture_qkv
 from slimnlp.models.students import uniform_layer_map
-from slimnlp.techniques.base import Requirements, Stage, Technique
+from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
 log = logging.getLogger(__name__)
@@ -111,16 +110,10 @@ class TinyBERT(Technique):
         return Requirements.union(per_stage.get(stage, [intermediate, prediction]))
 
     @classmethod
-    def check_models(
-        cls,
-        student: PretrainedConfig,
-        teacher: PretrainedConfig | None,
-        extra_teachers: Sequence[PretrainedConfig] = (),
-        **hparams: Any,
-    ) -> None:
+    def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
         if hparams.get("stage") == "prediction":
             return
-        num_S, num_T = student.num_hidden_layers, teacher.num_hidden_layers
+        num_S, num_T = models.student.num_hidden_layers, models.teacher.num_hidden_layers
         layer_map = hparams.get("layer_map")
         if layer_map is not None and (len(layer_map) != num_S or max(layer_map) >= num_T):
             raise ConfigError(
@@ -128,7 +121,7 @@ class TinyBERT(Technique):
                 list(layer_map),
                 f"{num_S} teacher layer indices (one per student layer) in 0..{num_T - 1}",
             )
-        heads_S, heads_T = student.num_attention_heads, teacher.num_attention_heads
+        heads_S, heads_T = models.student.num_attention_heads, models.teacher.num_attention_heads
         if heads_S != heads_T:
             raise ConfigError(
                 "student.num_attention_heads",
