@@ -1,5 +1,5 @@
 """The Lightning part of a run that teacher fine-tuning and every technique share: fit (or, for a post-training
-technique, compress on calibration batches), restore the best checkpoint, test. Kept apart from the runner's
+technique, compress on calibration batches), restore the best checkpoint; test. Kept apart from the runner's
 steps so the teacher cache runs the same loop."""
 
 from __future__ import annotations
@@ -56,21 +56,19 @@ class ValidationAtBest(Callback):
             self.best = dict(self.last)
 
 
-def fit_and_test(
+def fit_and_select(
     technique: Technique,
     datamodule: L.LightningDataModule,
     trainer: L.Trainer,
     ckpt_path: str | None = None,
     select_best: bool = True,
-    test: bool = True,
     calibration: DataLoader | None = None,
 ) -> dict[str, float]:
-    """Train, restore the best validation checkpoint, test it; returns its ``val/*`` metrics and, with
-    ``test``, the ``test/*``, ``teacher/*`` and ``fidelity/*`` ones.
+    """Train and restore the best validation checkpoint; returns its ``val/*`` metrics.
 
-    A post-training technique (``needs.trains`` False) is instead moved to the Trainer's device and
-    ``compress``-ed on the ``calibration`` batches, then validated. ``test=False`` ends after training: an
-    intermediate stage, or a teacher whose test numbers the runs it teaches report anyway.
+    A post-training technique (``needs.trains`` False) is instead moved to the Trainer's device,
+    ``compress``-ed on the ``calibration`` batches and validated (its ``compress/*`` metrics included).
+    Testing is separate (``test_metrics``): the runner tests the exported artifact, not this module.
     """
     validation = ValidationAtBest(f"val/{technique.task.primary_metric}")
     trainer.callbacks.append(validation)
@@ -90,8 +88,6 @@ def fit_and_test(
         technique.to(trainer.strategy.root_device)
         metrics.update(technique.compress(OnDevice(calibration, trainer.strategy.root_device)) or {})
         metrics.update(trainer.validate(technique, datamodule=datamodule, verbose=False)[0])
-    if test:
-        metrics.update(test_metrics(technique, datamodule, trainer))
     return metrics
 
 

@@ -21,7 +21,7 @@ from slimnlp.artifacts import load_student, save_student
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.resume import ResumePoint, StageRecord
-from slimnlp.runner import fit_and_test, make_trainer, test_metrics
+from slimnlp.runner import fit_and_select, make_trainer, test_metrics
 from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.techniques.base import Requirements, Stage, Technique
 
@@ -119,13 +119,12 @@ def train_stages(
             **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
             **strategy_for(cfg, needs),
         )
-        metrics = fit_and_test(
+        metrics = fit_and_select(
             technique,
             models.datamodule,
             trainer,
             ckpt_path=_checkpoint_to_resume(resume, checkpoints, first=i == 0),
             select_best=stage.select_best,
-            test=False,
             calibration=None if needs.trains else _calibration(cfg, models),
         )
         steps += trainer.global_step
@@ -154,5 +153,4 @@ def _checkpoint_to_resume(resume: ResumePoint | None, checkpoints: Path, first: 
 
 
 def _calibration(cfg: DictConfig, models: Models) -> Any:
-    node = cfg.get("calibration") or {}
-    return models.datamodule.calibration_dataloader(node.get("num_samples", 512), node.get("batch_size"))
+    return models.datamodule.calibration_dataloader(cfg.calibration.num_samples, cfg.calibration.batch_size)

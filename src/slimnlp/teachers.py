@@ -36,7 +36,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.loading import load_classifier
 from slimnlp.results import build_results, write_json_atomic
-from slimnlp.runner import fit_and_test, make_trainer
+from slimnlp.runner import fit_and_select, make_trainer
 from slimnlp.techniques.base import TaskInfo
 from slimnlp.techniques.finetune import FineTune
 
@@ -127,7 +127,7 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
         default_root_dir=str(work),
     )
     # No test pass here: every run this teacher teaches tests it on the same examples (teacher/test/*).
-    metrics = fit_and_test(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None, test=False)
+    metrics = fit_and_select(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None)
     technique.student.save_pretrained(work / "model")
     dm.tokenizer.save_pretrained(work / "model")
     write_json_atomic(

@@ -50,6 +50,20 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_setup):
     assert distributed["teacher/test/acc"] == pytest.approx(single["teacher/test/acc"], abs=0.05)
 
 
+def test_ddp_finds_unused_parameters_where_the_technique_says_so(tiny_setup):
+    """TinyBERT's intermediate stage never uses the pooler and classifier: plain DDP would fail on them."""
+    run_dir = tiny_setup[0] / "outputs" / "runs" / "ddp_tinybert"
+    ddp = subprocess.run(
+        _cli(tiny_setup, run_dir, "technique=tinybert", "student=2L", "technique.intermediate_epochs=1",
+             "technique.prediction_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+             "trainer.precision=32-true", "data.batch_size=8"),
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["stages"] == ["intermediate", "prediction"]
+
+
 def test_two_processes_needing_one_teacher_fine_tune_it_once(tiny_setup, tmp_path):
     common = ["technique=finetune", "student=2L", "trainer.max_epochs=1", "teacher.finetune.seed=123"]
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

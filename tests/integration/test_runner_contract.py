@@ -67,6 +67,16 @@ def _accuracy(model, student_dir, results) -> float:
     return correct / total
 
 
+def test_a_saved_student_of_any_shape_starts_the_next_run(tiny_setup):
+    run_tiny(tiny_setup, "pruned_first", "technique=finetune", f"technique._target_={DUMMY}.ExportShape",
+             "+technique.shape=heads", "student=2L", "trainer.max_epochs=1")
+    results = run_tiny(tiny_setup, "pruned_then_kd", "technique=kd", "student=path",
+                       f"student.path={_run_dir(tiny_setup, 'pruned_first')}", "trainer.max_epochs=1")
+    reloaded = load_student(results["artifacts"]["student_dir"])
+    assert structure.encoder_layers(reloaded)[0].attention.self.query.out_features == 16  # still pruned
+    assert results["metrics"]["test/acc"] > 0.5
+
+
 def test_shared_layers_are_stored_once(tiny_setup):
     plain = run_tiny(tiny_setup, "plain_2L", "technique=finetune", "student=2L", "trainer.max_epochs=1")
     shared = run_tiny(tiny_setup, "shared_2L", "technique=finetune", f"technique._target_={DUMMY}.ExportShape",
