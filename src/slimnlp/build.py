@@ -181,9 +181,9 @@ def teacher_config(cfg: DictConfig) -> PretrainedConfig:
     return AutoConfig.from_pretrained(resolve_pretrained(cfg.teacher.name_or_path, cache, key="teacher.name_or_path"))
 
 
-def build_data(cfg: DictConfig) -> tuple[PreTrainedTokenizerBase, Any]:
-    """Tokenizer (the teacher's: students share it) and the task's datamodule, set up for fitting."""
-    source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
+def build_data(cfg: DictConfig, source: str) -> tuple[PreTrainedTokenizerBase, Any]:
+    """Tokenizer (the teacher's, from its resolved ``source``: students share it) and the task's datamodule,
+    set up for fitting."""
     tokenizer = load_tokenizer(source)
     dm = instantiate(cfg.data, tokenizer=tokenizer)
     dm.prepare_data()
@@ -197,9 +197,9 @@ def build_models(cfg: DictConfig, run: RunPlan) -> Models:
     """Data, student, teacher (fine-tuned once and cached) and any extra teachers, checked against the
     technique on their configs before the teacher is fine-tuned."""
     source_init = init_source(cfg)
-    tokenizer, dm = build_data(cfg)
-    label_names = list(dm.label_names)
     source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
+    tokenizer, dm = build_data(cfg, source)
+    label_names = list(dm.label_names)
     # Built from the pretrained teacher now, so a bad student config fails before teacher fine-tuning; with
     # init_from=finetuned it only serves the shape check and is rebuilt from the fine-tuned teacher below.
     pretrained = load_classifier(source, num_labels=dm.num_labels, label_names=label_names)

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from slimnlp.artifacts import save_student
 from slimnlp.errors import ConfigError
 from slimnlp.results import RESULTS_FILE, write_json_atomic
 
@@ -106,8 +107,6 @@ class StageRecord:
         return json.loads((self.folder / DONE_FILE).read_text())
 
     def save(self, student: Any, tokenizer: Any, metrics: dict[str, float], steps: int) -> None:
-        from slimnlp.artifacts import save_student
-
         save_student(student, self.student_dir, tokenizer)
         write_json_atomic(self.folder / DONE_FILE, {"metrics": metrics, "steps": steps})  # written last
 

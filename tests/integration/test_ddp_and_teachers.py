@@ -84,7 +84,7 @@ def _folder(tiny_setup, tmp_path, *extra: str) -> Path:
 
 @pytest.mark.parametrize("student_only", ["optim.optimizer.lr=3e-3", "optim.lr_scheduler.name=cosine", "seed=1",
                                           "data.max_train_samples=100", "technique=pkd", "trainer.max_epochs=3",
-                                          "trainer.max_steps=7", "trainer.devices=1", "student=3L"])
+                                          "trainer.max_steps=7", "trainer.log_every_n_steps=3", "student=3L"])
 def test_what_trains_the_student_never_changes_the_teacher(tiny_setup, tmp_path, student_only):
     assert _folder(tiny_setup, tmp_path, student_only) == _folder(tiny_setup, tmp_path)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
+from slimnlp.artifacts import MANIFEST_NAME, load_student
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.assets import resolve_pretrained
@@ -110,8 +111,6 @@ def pretrained(
     Refused when its vocabulary size differs from the teacher's: teacher and student read the same
     tokenized batches, so they must share a tokenizer. ``cache_dir`` is needed only for zipparts:// paths.
     """
-    from slimnlp.artifacts import MANIFEST_NAME, load_student
-
     source = resolve_pretrained(path, cache_dir, key="student.path")
     vocab_S, vocab_T = AutoConfig.from_pretrained(source).vocab_size, teacher.config.vocab_size
     if vocab_S != vocab_T:

@@ -90,6 +90,13 @@ class ModelConfigs:
     teacher: PretrainedConfig | None
     extra_teachers: tuple[PretrainedConfig, ...] = ()
 
+    def require_same(self, key: str, why: str) -> None:
+        """The student's config value ``key`` must be the teacher's (a width, a head count …); ``why`` says
+        what compares them."""
+        mine, theirs = getattr(self.student, key), getattr(self.teacher, key)
+        if mine != theirs:
+            raise ConfigError(f"student.{key}", mine, f"the teacher's {theirs!r}: {why}")
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -57,14 +57,9 @@ class DistilBERT(Technique):
 
     @classmethod
     def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
-        width_S, width_T = models.student.hidden_size, models.teacher.hidden_size
-        if width_S != width_T:
-            raise ConfigError(
-                "student.hidden_size",
-                width_S,
-                f"the teacher's {width_T}: the cosine loss compares hidden states directly; "
-                "use technique=tinybert for a projection",
-            )
+        models.require_same(
+            "hidden_size", "the cosine loss compares hidden states directly; use technique=tinybert for a projection"
+        )
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out_S = self.student_outputs(batch)

@@ -132,14 +132,10 @@ class MiniLM(_SelfAttentionKD):
     @classmethod
     def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
         super().check_models(models, **hparams)
-        heads_S, heads_T = models.student.num_attention_heads, models.teacher.num_attention_heads
-        if heads_S != heads_T:
-            raise ConfigError(
-                "student.num_attention_heads",
-                heads_S,
-                f"the teacher's {heads_T}: MiniLM matches attention maps head by head; "
-                "technique=minilm_v2 allows other head counts",
-            )
+        models.require_same(
+            "num_attention_heads",
+            "MiniLM matches attention maps head by head; technique=minilm_v2 allows other head counts",
+        )
         for config in (models.student, models.teacher):
             if config.model_type == "mpnet":
                 raise ConfigError(

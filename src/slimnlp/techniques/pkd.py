@@ -115,14 +115,10 @@ class PatientKD(Technique):
     @classmethod
     def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
         num_S, num_T = models.student.num_hidden_layers, models.teacher.num_hidden_layers
-        width_S, width_T = models.student.hidden_size, models.teacher.hidden_size
         layer_map = hparams.get("layer_map")
-        if width_S != width_T:
-            raise ConfigError(
-                "student.hidden_size",
-                width_S,
-                f"the teacher's {width_T}: PKD compares [CLS] states directly; use technique=tinybert for a projection",
-            )
+        models.require_same(
+            "hidden_size", "PKD compares [CLS] states directly; use technique=tinybert for a projection"
+        )
         if not 2 <= num_S <= num_T:
             raise ConfigError(
                 "student.num_layers",

@@ -120,13 +120,7 @@ class BertOfTheseus(Technique):
                 "replaces k = L_T / L_S consecutive teacher layers",
             )
         for key in ("model_type", "hidden_size"):
-            if getattr(models.student, key) != getattr(models.teacher, key):
-                raise ConfigError(
-                    f"student.{key}",
-                    getattr(models.student, key),
-                    f"the teacher's {getattr(models.teacher, key)!r}: successor and predecessor layers "
-                    "must be interchangeable",
-                )
+            models.require_same(key, "successor and predecessor layers must be interchangeable")
 
     @classmethod
     def stages(

@@ -121,13 +121,7 @@ class TinyBERT(Technique):
                 list(layer_map),
                 f"{num_S} teacher layer indices (one per student layer) in 0..{num_T - 1}",
             )
-        heads_S, heads_T = models.student.num_attention_heads, models.teacher.num_attention_heads
-        if heads_S != heads_T:
-            raise ConfigError(
-                "student.num_attention_heads",
-                heads_S,
-                f"{heads_T} (the teacher's): TinyBERT's attention loss compares the heads one to one",
-            )
+        models.require_same("num_attention_heads", "TinyBERT's attention loss compares the heads one to one")
 
     @classmethod
     def stages(
