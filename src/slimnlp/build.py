@@ -209,8 +209,8 @@ def build_models(cfg: DictConfig, run: RunPlan) -> Models:
     configs = ModelConfigs(student.config, teacher_config(cfg), tuple(teacher_config(m) for m in members))
     for stage in run.stages:
         run.cls.check_models(configs, **run.stage_hparams(stage))
-    teacher, teacher_dir = load_teacher(cfg, tokenizer, label_names)
+    teacher, teacher_dir = load_teacher(cfg, tokenizer, dm)
     if source_init == "finetuned":
         student = build_student(cfg, teacher, dm.num_labels)
-    teachers = [load_teacher(member, tokenizer, label_names) for member in members]
+    teachers = [load_teacher(member, tokenizer, dm) for member in members]
     return Models(tokenizer, dm, TaskInfo.from_datamodule(dm), student, teacher, teacher_dir, teachers)

@@ -23,8 +23,11 @@ def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
     return loggers
 
 
-def finish_loggers(loggers: list[Any], metrics: dict[str, float], status: str) -> None:
-    """Log the final metrics (on success) and close every logger; ``status`` is ``success`` or ``failed``."""
+def finish_loggers(
+    loggers: list[Any], metrics: dict[str, float], status: str, warnings: list[str] | None = None
+) -> None:
+    """Log the final metrics (on success) and close every logger; ``status`` is ``success`` or ``failed``.
+    W&B also gets the run's ``warnings`` (models that learned nothing) in its summary."""
     for lg in loggers:
         try:
             if status == "success":
@@ -33,7 +36,7 @@ def finish_loggers(loggers: list[Any], metrics: dict[str, float], status: str) -
             experiment = getattr(lg, "_experiment", None)  # W&B: only a run that was started is finished
             if experiment is not None and hasattr(experiment, "finish"):
                 if status == "success":
-                    experiment.summary.update(metrics)  # the final metrics as the run summary
+                    experiment.summary.update({**metrics, "warnings": list(warnings or [])})  # the run summary
                 experiment.finish(exit_code=0 if status == "success" else 1)  # writes (and syncs) the run
         except Exception:  # closing one logger must not hide the run's own error or skip the others
             log.exception("could not close logger %s", type(lg).__name__)

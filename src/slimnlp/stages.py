@@ -3,7 +3,8 @@
 A stage's technique gets what its requirements ask for and nothing it did not: teacher-logit caches only
 when logits are all it reads, ``find_unused_parameters`` under DDP only when a step leaves parameters
 unused, calibration batches only when it does not train. A stage may set its own epochs, peak LR and LR
-schedule (``Stage``). Finished stages of a resumed run are loaded from their record instead of re-run.
+schedule (``Stage``); on small data its epochs are raised to ``min_steps`` optimizer steps (``slimnlp.budget``).
+Finished stages of a resumed run are loaded from their record instead of re-run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from slimnlp.artifacts import load_student, save_student
+from slimnlp.budget import apply_min_steps
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.resume import ResumePoint, StageRecord
@@ -119,6 +121,10 @@ def train_stages(
             **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
             **strategy_for(cfg, needs),
         )
+        if needs.trains:
+            dm = models.datamodule
+            apply_min_steps(trainer, len(dm.datasets["train"]), dm.batch_size, cfg.get("min_steps") or 0,
+                            who=f"stage {stage.name}" if multi else "student")
         metrics = fit_and_select(
             technique,
             models.datamodule,

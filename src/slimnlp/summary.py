@@ -26,12 +26,14 @@ def format_summary(results: dict[str, Any]) -> str:
         value_T = fmt.format(m[key_T] * scale.get(key_T, 1)) if key_T and key_T in m else ""
         lines.append(f"{label:24}{value_S:>12}{value_T:>12}")
     for label, key, fmt in (
+        ("majority class: test acc", "test/majority_acc", "{:.4f}"),
         ("speed-up (measured)", "eff/speedup", "{:.2f}x"),
         ("agreement with teacher", "fidelity/agreement", "{:.4f}"),
         ("run time (s)", "time/run_s", "{:.0f}"),
     ):
         if key in m:
             lines.append(f"{label:24}{fmt.format(m[key]):>12}")
+    lines.extend(f"WARNING: {warning}" for warning in results.get("warnings", []))
     lines.append(f"run folder: {results['run_dir']}")
     return "\n".join(lines)
 

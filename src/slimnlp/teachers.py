@@ -12,6 +12,12 @@ setting never silently reuses an old teacher.
 Two processes that need the same teacher at once (two sweep workers) fine-tune it once: a file lock is held
 around fine-tuning and publishing; the second process waits, then loads what the first published. Under
 DDP the launching process (rank 0) fine-tunes on one device before the other ranks exist; they load it.
+
+A teacher that learned nothing never teaches (``slimnlp.diagnostics``): after fine-tuning, a teacher whose
+validation primary metric does not beat always predicting the majority class by ``teacher.finetune.min_gain``
+is not published and the run ends with one line naming the recipe keys to change; a cached teacher and a
+``teacher.checkpoint`` pass the same check (the checkpoint is validated on this task's validation split).
+Small datasets get enough optimizer steps through ``teacher.finetune.min_steps`` (``slimnlp.budget``).
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from slimnlp.budget import epochs_for_min_steps, steps_per_epoch
+from slimnlp.diagnostics import learned_nothing, majority_baselines
 from slimnlp.distributed import is_rank_zero
 from slimnlp.errors import ConfigError
 from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.loading import load_classifier
-from slimnlp.results import build_results, write_json_atomic
+from slimnlp.results import RESULTS_FILE, build_results, load_results, write_json_atomic
 from slimnlp.runner import fit_and_select, make_trainer
 from slimnlp.techniques.base import TaskInfo
 from slimnlp.techniques.finetune import FineTune
@@ -54,31 +62,44 @@ PRESENTATION_KEYS = (
 )
 
 
-def teacher_trainer_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's ``trainer`` as teacher fine-tuning runs it: one device (under DDP, rank 0 alone, before the
-    other ranks start), the recipe's epochs and numerics, no step cap."""
+# Recipe keys left out of the cache key: epochs and min_steps act through the epochs fine-tuning runs (the
+# key's trainer.max_epochs); min_gain decides whether a result is published, not what is computed.
+NOT_IN_KEY = ("epochs", "min_steps", "min_gain")
+
+
+def teacher_trainer_config(cfg: DictConfig, num_examples: int) -> dict[str, Any]:
+    """The run's ``trainer`` as teacher fine-tuning runs it on ``num_examples`` training examples: one device
+    (under DDP, rank 0 alone, before the other ranks start), the recipe's epochs (raised on small data to
+    ``min_steps`` optimizer steps) and numerics, no step cap."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer, dict)
     ft = cfg.teacher.finetune
     trainer.update({key: ft[key] for key in RECIPE_TRAINER_KEYS})
-    trainer.update(max_epochs=ft.epochs, max_steps=-1, devices=1, strategy="auto")
+    per_epoch = steps_per_epoch(
+        num_examples, ft.get("batch_size") or cfg.data.batch_size, 1, ft.accumulate_grad_batches,
+        trainer.get("limit_train_batches"),
+    )
+    epochs = epochs_for_min_steps(ft.epochs, ft.get("min_steps") or 0, per_epoch)
+    trainer.update(max_epochs=epochs, max_steps=-1, devices=1, strategy="auto")
     return trainer
 
 
-def recipe(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
+def recipe(cfg: DictConfig, data_fingerprint: str, num_examples: int) -> dict[str, Any]:
     """Everything the fine-tuned teacher depends on, and nothing else (the cache key)."""
-    trainer = {k: v for k, v in teacher_trainer_config(cfg).items() if k not in PRESENTATION_KEYS}
+    trainer = {k: v for k, v in teacher_trainer_config(cfg, num_examples).items() if k not in PRESENTATION_KEYS}
+    finetune = OmegaConf.to_container(cfg.teacher.finetune, resolve=True)
+    assert isinstance(finetune, dict)
     return {
         "source": cfg.teacher.name_or_path,
         "data": data_fingerprint,
-        "finetune": OmegaConf.to_container(cfg.teacher.finetune, resolve=True),
+        "finetune": {k: v for k, v in finetune.items() if k not in NOT_IN_KEY},
         "trainer": trainer,
     }
 
 
-def cache_folder(cfg: DictConfig, data_fingerprint: str) -> Path:
+def cache_folder(cfg: DictConfig, data_fingerprint: str, num_examples: int) -> Path:
     digest = hashlib.sha256(
-        json.dumps(recipe(cfg, data_fingerprint), sort_keys=True, default=str).encode()
+        json.dumps(recipe(cfg, data_fingerprint, num_examples), sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
     seed = cfg.teacher.finetune.seed
     return Path(cfg.paths.teachers_dir) / cfg.teacher.name / cfg.data.task_name / f"seed{seed}-{digest}"
@@ -120,29 +141,41 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
             save_on_exception=True,
         )
     ]
+    num_examples = len(dm.datasets["train"])
     trainer = make_trainer(
-        teacher_trainer_config(cfg),
+        teacher_trainer_config(cfg, num_examples),
         callbacks=callbacks,
         loggers=[CSVLogger(work, name="csv", version="")],
         default_root_dir=str(work),
     )
     # No test pass here: every run this teacher teaches tests it on the same examples (teacher/test/*).
     metrics = fit_and_select(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None)
+    metrics.update(majority_baselines(dm, technique.task, ["val"]))
+    metrics["train/optimizer_steps"] = float(trainer.global_step)
+    results = build_results(
+        task=dm.task_name,
+        technique="finetune",
+        teacher=None,
+        student=cfg.teacher.name,
+        seed=ft.seed,
+        metrics=metrics,
+        run_dir=folder,
+        extra={"split": dm.split_summary(), "recipe": recipe(cfg, dm.fingerprint, num_examples)},
+    )
+    why = why_refused(metrics, dm, ft.get("min_gain"))
+    if why:
+        # Not published; the metrics stay beside the cache for inspection, the checkpoints go.
+        write_json_atomic(folder.with_name(folder.name + ".refused.json"), results)
+        shutil.rmtree(work, ignore_errors=True)
+        raise TeacherDidNotLearn(
+            "teacher.finetune", f"the fine-tuned {cfg.teacher.name} {why} of {dm.task_name} after "
+            f"{trainer.global_step} optimizer steps, so it was not cached: change the recipe, e.g. "
+            f"teacher.finetune.lr (now {ft.lr:g}), teacher.finetune.epochs (now {ft.epochs}) or "
+            f"teacher.finetune.min_steps (now {ft.get('min_steps') or 0})"
+        )
     technique.student.save_pretrained(work / "model")
     dm.tokenizer.save_pretrained(work / "model")
-    write_json_atomic(
-        work / "model" / "results.json",
-        build_results(
-            task=dm.task_name,
-            technique="finetune",
-            teacher=None,
-            student=cfg.teacher.name,
-            seed=ft.seed,
-            metrics=metrics,
-            run_dir=folder,
-            extra={"split": dm.split_summary(), "recipe": recipe(cfg, dm.fingerprint)},
-        ),
-    )
+    write_json_atomic(work / "model" / RESULTS_FILE, results)
     (work / "model").rename(folder)
     shutil.rmtree(work, ignore_errors=True)
     log.info(
@@ -153,6 +186,21 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
     )
 
 
+def why_refused(metrics: dict[str, float], dm: Any, min_gain: float | None) -> str | None:
+    """Why a teacher with these validation metrics must not teach (None: it may; ``min_gain`` null: no gate)."""
+    if min_gain is None:
+        return None
+    baseline = majority_baselines(dm, TaskInfo.from_datamodule(dm), ["val"])
+    return learned_nothing({**metrics, **baseline}, "", "val", dm.primary_metric, min_gain)
+
+
+class TeacherDidNotLearn(ConfigError):
+    """The teacher does not beat the majority-class baseline on validation: one line, the keys to change."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, None, "", message=f"{key}: {message}")
+
+
 def _published(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
@@ -160,9 +208,10 @@ def _published(folder: Path) -> bool:
 def cached_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
     """The folder of the fine-tuned teacher for this recipe, fine-tuning it first (once, under a lock)."""
     dm = teacher_datamodule(cfg, tokenizer)
-    folder = cache_folder(cfg, dm.fingerprint)
+    folder = cache_folder(cfg, dm.fingerprint, len(dm.datasets["train"]))
     if _published(folder):
         log.info("teacher: reusing the cached fine-tuned %s at %s", cfg.teacher.name, folder)
+        _check_cached(cfg, dm, folder)
         return folder
     if not is_rank_zero():
         raise RuntimeError(f"teacher {folder} is not published: rank 0 fine-tunes it before other ranks start")
@@ -171,6 +220,7 @@ def cached_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
         if _published(folder):  # another process fine-tuned it while this one waited for the lock
             log.info("teacher: reusing the cached fine-tuned %s at %s (published while waiting)", cfg.teacher.name,
                      folder)
+            _check_cached(cfg, dm, folder)
             return folder
         log.warning(
             "teacher: no fine-tuned %s for task %s (recipe seed %s) in the cache: fine-tuning it first (%s epochs)",
@@ -179,6 +229,35 @@ def cached_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
         source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
         finetune_teacher(cfg, dm, source, folder)
     return folder
+
+
+def _check_cached(cfg: DictConfig, dm: Any, folder: Path) -> None:
+    """A cached teacher passed the gate at the ``min_gain`` it was published under; check it at today's."""
+    why = why_refused(load_results(folder)["metrics"], dm, cfg.teacher.finetune.get("min_gain"))
+    if why:
+        raise TeacherDidNotLearn(
+            "teacher.finetune.min_gain", f"the cached fine-tuned {cfg.teacher.name} at {folder} {why} of "
+            f"{dm.task_name}: lower teacher.finetune.min_gain (now {cfg.teacher.finetune.min_gain:g}) or change "
+            f"the recipe (teacher.finetune.lr, teacher.finetune.epochs, teacher.finetune.min_steps)"
+        )
+
+
+def validate_checkpoint(cfg: DictConfig, model: PreTrainedModel, dm: Any, folder: Path) -> dict[str, float]:
+    """A ``teacher.checkpoint`` on this task's validation split, gated like a fine-tuned teacher."""
+    task = TaskInfo.from_datamodule(dm)
+    trainer = make_trainer(
+        {**teacher_trainer_config(cfg, len(dm.datasets["train"])), "enable_progress_bar": False},
+        callbacks=[], loggers=False, enable_model_summary=False,
+    )
+    metrics = dict(trainer.validate(FineTune(student=model, task=task), datamodule=dm, verbose=False)[0])
+    why = why_refused(metrics, dm, cfg.teacher.finetune.get("min_gain"))
+    if why:
+        raise TeacherDidNotLearn(
+            "teacher.checkpoint", f"the teacher at {folder} {why} of {dm.task_name}: use a teacher fine-tuned "
+            f"on this task (or leave teacher.checkpoint unset to fine-tune one)"
+        )
+    model.eval()
+    return metrics
 
 
 def check_label_names(folder: str | Path, label_names: list[str], key: str = "teacher.checkpoint") -> None:
@@ -194,15 +273,18 @@ def check_label_names(folder: str | Path, label_names: list[str], key: str = "te
         )
 
 
-def load_teacher(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, label_names: list[str]
-) -> tuple[PreTrainedModel, Path]:
-    """The fine-tuned teacher for this task: ``teacher.checkpoint``, else the cache, else fine-tune now."""
-    if cfg.teacher.get("checkpoint"):
-        folder = Path(resolve_pretrained(cfg.teacher.checkpoint, Path(cfg.paths.cache_dir) / "models",
-                                         key="teacher.checkpoint"))
-        check_label_names(folder, label_names)
-        log.info("teacher: using the fine-tuned checkpoint %s", folder)
-    else:
+def load_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, dm: Any) -> tuple[PreTrainedModel, Path]:
+    """The fine-tuned teacher for the task of ``dm``: ``teacher.checkpoint`` (validated on ``dm``), else the
+    cache, else fine-tune now."""
+    label_names = list(dm.label_names)
+    if not cfg.teacher.get("checkpoint"):
         folder = cached_teacher(cfg, tokenizer)
-    return load_classifier(str(folder), num_labels=len(label_names)), folder
+        return load_classifier(str(folder), num_labels=len(label_names)), folder
+    folder = Path(resolve_pretrained(cfg.teacher.checkpoint, Path(cfg.paths.cache_dir) / "models",
+                                     key="teacher.checkpoint"))
+    check_label_names(folder, label_names)
+    model = load_classifier(str(folder), num_labels=len(label_names))
+    metrics = validate_checkpoint(cfg, model, dm, folder)
+    log.info("teacher: using the fine-tuned checkpoint %s (val/%s=%.4f)", folder, dm.primary_metric,
+             metrics[f"val/{dm.primary_metric}"])
+    return model, folder

@@ -32,6 +32,7 @@ from omegaconf.errors import MissingMandatoryValue
 from slimnlp.build import build_models, plan
 from slimnlp.checks import expand_sweep
 from slimnlp.config import check_command_line, compose_config, config_dir, config_hash, find_error, to_plain
+from slimnlp.diagnostics import majority_baselines, model_warnings
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.errors import ConfigError
 from slimnlp.loggers import finish_loggers, make_loggers
@@ -73,6 +74,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(measure_efficiency(cfg, outcome.student, models.teacher, models.datamodule, student_dir))
             metrics["train/optimizer_steps"] = float(outcome.steps)
             metrics["time/run_s"] = time.perf_counter() - started
+            metrics.update(majority_baselines(models.datamodule, models.task))
+            warnings = model_warnings(metrics, models.task, cfg.warnings.min_gain)
+            for warning in warnings:
+                log.warning("%s", warning)
             results = build_results(
                 task=models.task.name,
                 technique=run_plan.name,
@@ -89,6 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 },
                 config=to_plain(cfg),
                 extra={
+                    "warnings": warnings,
                     "config_hash": chash,
                     "stages": [stage.name for stage in run_plan.stages],
                     "layer_map": getattr(outcome.student.config, "slimnlp_layer_map", None),
@@ -99,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         barrier()
         status = "success"
     finally:
-        finish_loggers(loggers, results.get("metrics", {}), status)
+        finish_loggers(loggers, results.get("metrics", {}), status, results.get("warnings", []))
     if results:
         print_summary(results)
     return results

@@ -104,3 +104,21 @@ class TwoStageOwnGroups(FineTune):
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         ce = F.cross_entropy(self(batch) * self.logit_scale, batch["labels"])
         return {"loss": ce, "loss/ce": ce}
+
+
+class CollapseToOneLabel(FineTune):
+    """Fine-tunes, then exports a student whose classifier predicts ``label`` for every input (zero weights, a
+    one-hot bias): what a model that learned nothing looks like to the runner's diagnostics."""
+
+    def __init__(self, label: int = 0, **base: Any) -> None:
+        super().__init__(**base)
+        self.label = label
+
+    def export_student(self) -> Any:
+        model = copy.deepcopy(self.student)
+        head = model.classifier
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(-10.0)
+            head.bias[self.label] = 10.0
+        return model

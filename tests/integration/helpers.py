@@ -70,6 +70,8 @@ def tiny_overrides(root: Path, corpus: Path, teacher: Path) -> list[str]:
         "teacher.finetune.lr=5e-4",
         "optim.optimizer.lr=5e-4",
         "trainer.max_epochs=10",
+        "min_steps=0",  # the tiny budgets are the tests' own (the small-data rule has its own tests)
+        "teacher.finetune.min_steps=0",
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
         "measure.latency_repeats=3",

@@ -79,12 +79,15 @@ def test_two_processes_needing_one_teacher_fine_tune_it_once(tiny_setup, tmp_pat
 def _folder(tiny_setup, tmp_path, *extra: str) -> Path:
     root, corpus, teacher = tiny_setup
     cfg = compose_run_config([*tiny_overrides(root, corpus, teacher), *extra], tmp_path / "run")
-    return cache_folder(cfg, "data-fingerprint")
+    return cache_folder(cfg, "data-fingerprint", 240)
 
 
 @pytest.mark.parametrize("student_only", ["optim.optimizer.lr=3e-3", "optim.lr_scheduler.name=cosine", "seed=1",
                                           "data.max_train_samples=100", "technique=pkd", "trainer.max_epochs=3",
-                                          "trainer.max_steps=7", "trainer.log_every_n_steps=3", "student=3L"])
+                                          "trainer.max_steps=7", "trainer.log_every_n_steps=3", "student=3L",
+                                          "min_steps=1000", "warnings.min_gain=0.2",
+                                          "teacher.finetune.min_gain=0.2",  # decides publishing, not training
+                                          "teacher.finetune.min_steps=100"])  # not binding: 10 epochs = 150 steps
 def test_what_trains_the_student_never_changes_the_teacher(tiny_setup, tmp_path, student_only):
     assert _folder(tiny_setup, tmp_path, student_only) == _folder(tiny_setup, tmp_path)
 
@@ -96,7 +99,8 @@ def test_what_trains_the_student_never_changes_the_teacher(tiny_setup, tmp_path,
                                             "teacher.finetune.optimizer.weight_decay=0.0",
                                             "teacher.finetune.lr_scheduler.name=constant",
                                             "trainer.limit_train_batches=0.5", "trainer.val_check_interval=0.5",
-                                            "trainer.deterministic=true"])
+                                            "trainer.deterministic=true",
+                                            "teacher.finetune.min_steps=1000"])  # binding: 67 epochs
 def test_what_trains_the_teacher_never_reuses_an_old_one(tiny_setup, tmp_path, teacher_change):
     assert _folder(tiny_setup, tmp_path, teacher_change) != _folder(tiny_setup, tmp_path)
 

