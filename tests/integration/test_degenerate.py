@@ -78,10 +78,10 @@ def test_a_teacher_checkpoint_that_knows_nothing_is_refused_on_validation(tiny_s
                           "fine-tune one)")
 
 
-def test_a_student_that_predicts_one_label_is_flagged_in_results_and_summary(tiny_setup, capsys):
+def test_a_student_that_predicts_one_label_is_flagged_in_results_summary_and_wandb(tiny_setup, capsys):
     results = run_tiny(tiny_setup, "collapsed", "technique=finetune",
                        "technique._target_=dummy_techniques.CollapseToOneLabel", "+technique.label=2",
-                       "student=2L", "trainer.max_epochs=1")
+                       "student=2L", "trainer.max_epochs=1", "logger=wandb")
     m = results["metrics"]
     assert m["test/labels_predicted"] == 1.0 and m["test/top_label_share"] == 1.0
     assert m["teacher/test/labels_predicted"] > 1.0  # the teacher learned the tiny task
@@ -92,6 +92,9 @@ def test_a_student_that_predicts_one_label_is_flagged_in_results_and_summary(tin
     saved = json.loads((Path(results["run_dir"]) / "results.json").read_text())
     assert saved["warnings"] == results["warnings"]
     assert "WARNING: student predicts a single label for every test example" in capsys.readouterr().out
+    # The W&B summary holds the list as JSON (the console capture has the lines without brackets).
+    (offline,) = (Path(results["run_dir"]) / "wandb").glob("offline-run-*")
+    assert b'["student predicts a single label for every ' in next(offline.glob("*.wandb")).read_bytes()
 
 
 def test_a_healthy_run_has_no_warnings_and_records_each_splits_majority_rate(tiny_setup):
