@@ -51,11 +51,11 @@ COLUMNS = [
 ]
 
 
-def run_cell(name: str, overrides: list[str], out_root: Path) -> dict:
+def run_cell(name: str, overrides: list[str], out_root: Path, extra: list[str]) -> dict:
     run_dir = out_root / name
     results, error = run_dir / "results.json", run_dir / "error.txt"
     if not results.exists() and not error.exists():
-        cmd = [sys.executable, str(REPO / "train.py"), *overrides, "trainer.enable_progress_bar=false",
+        cmd = [sys.executable, str(REPO / "train.py"), *overrides, *extra, "trainer.enable_progress_bar=false",
                f"hydra.run.dir={run_dir}"]
         print("$ python train.py", " ".join(overrides), flush=True)
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
@@ -86,10 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "experiments" / "small_data")
+    parser.add_argument("--output-root", type=Path, help="paths.output_root of every run (its teacher cache)")
     args = parser.parse_args()
+    extra = [f"paths.output_root={args.output_root}"] if args.output_root else []
     rows = {}
     for name in args.cells:
-        rows[name] = run_cell(name, CELLS[name], args.out)
+        rows[name] = run_cell(name, CELLS[name], args.out, extra)
         text = "# Small data at the default recipe\n\n" + table(rows)
         (REPO / "experiments" / "small_data.md").write_text(text + "\n")  # rewritten as cells finish
     print(text)
