@@ -9,8 +9,8 @@ Cells:
 - ``drug_old_budget``: the same with the rule off for teacher and student (``min_steps=0
   teacher.finetune.min_steps=0``): the budget before the rule (2 epochs = 34 steps), which the teacher gate
   is expected to refuse;
-- ``drug_teacher_lr1e-4``: the teacher at lr 1e-4 instead of 5e-5, same steps (the student barely trains:
-  ``trainer.max_steps=1``; only the teacher's numbers are read);
+- ``drug_teacher_lr{1e-4,2e-4}``: the teacher at a higher LR than the default 5e-5, same steps (the student
+  barely trains: ``trainer.max_steps=1``; only the teacher's numbers are read);
 - ``bbc_new`` / ``bbc_old``: ``data=bbc_news technique=kd student=2L`` with and without the rule
   (~1,780 training examples: 112 steps in 2 epochs, raised to 250).
 Results are read from each run's results.json (and the teacher's, under ``outputs/teachers``); a run that ends
@@ -37,6 +37,7 @@ CELLS: dict[str, list[str]] = {
     "bbc_new": BBC,
     "bbc_old": [*BBC, *RULE_OFF],
     "drug_teacher_lr1e-4": [*DRUG, "teacher.finetune.lr=1e-4", "trainer.max_steps=1"],
+    "drug_teacher_lr2e-4": [*DRUG, "teacher.finetune.lr=2e-4", "trainer.max_steps=1"],
 }
 COLUMNS = [
     ("teacher val acc", "teacher:val/acc"),
