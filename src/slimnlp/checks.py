@@ -339,6 +339,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("cache_teacher_logits", boolean()),
     ("min_steps", integer(0)),
     ("warnings.min_gain", optional(NON_NEGATIVE)),
+    ("warnings.confidence", optional(number(0.5, 1, hi_open=True))),
     ("calibration.num_samples", POSITIVE_INT),
     ("calibration.batch_size", optional(POSITIVE_INT)),
     ("measure.latency_batch_size", POSITIVE_INT),

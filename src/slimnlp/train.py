@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics["train/optimizer_steps"] = float(outcome.steps)
             metrics["time/run_s"] = time.perf_counter() - started
             metrics.update(majority_baselines(models.datamodule, models.task))
-            warnings = model_warnings(metrics, models.task, cfg.warnings.min_gain)
+            warnings = model_warnings(metrics, models.task, cfg.warnings.min_gain, cfg.warnings.confidence)
             for warning in warnings:
                 log.warning("%s", warning)
             results = build_results(

@@ -103,7 +103,7 @@ def test_a_healthy_run_has_no_warnings_and_records_each_splits_majority_rate(tin
     assert results["warnings"] == []
     assert m["test/acc"] > m["test/majority_acc"] + 0.01 and m["teacher/test/acc"] > m["test/majority_acc"] + 0.01
     assert {"val/majority_acc", "val/majority_f1", "test/majority_acc", "test/majority_f1"} <= set(m)
-    assert m["test/labels_predicted"] == 3.0
+    assert m["test/labels_predicted"] > 1 and m["teacher/test/labels_predicted"] > 1
 
 
 def test_small_data_gets_min_steps_optimizer_steps_for_student_and_teacher(tiny_setup):

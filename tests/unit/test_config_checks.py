@@ -149,6 +149,7 @@ BAD = [
     (("teacher.finetune.min_steps=2.5",), {}, "teacher.finetune.min_steps", "2.5"),
     (("min_steps=-5",), {}, "min_steps", "-5"),
     (("warnings.min_gain=high",), {}, "warnings.min_gain", "'high'"),
+    (("warnings.confidence=1.0",), {}, "warnings.confidence", "1.0"),
     (("callbacks.last_checkpoint.every_n_train_steps=0",), {}, "callbacks.last_checkpoint.every_n_train_steps", "0"),
     (("callbacks.best_checkpoint.mode=maximum",), {}, "callbacks.best_checkpoint.mode", "'maximum'"),
 ]

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from slimnlp.budget import epochs_for_min_steps, steps_per_epoch
-from slimnlp.diagnostics import learned_nothing, majority_baselines, majority_class_metrics, model_warnings
+from slimnlp.diagnostics import (
+    learned_nothing,
+    majority_baselines,
+    majority_class_metrics,
+    model_warnings,
+    noise_band,
+)
 from slimnlp.metrics.classification import metric_collection
 from slimnlp.techniques.base import TaskInfo
 
@@ -31,7 +37,8 @@ def test_each_split_gets_its_own_majority_class():
     dm = _Splits(validation=[2, 2, 2, 0], test=[0, 0, 1, 1, 1], test_mm=[0, 1])
     task = TaskInfo("t", 3, metrics=("acc",), test_split_names=("test", "test_mm"))
     assert majority_baselines(dm, task) == pytest.approx(
-        {"val/majority_acc": 0.75, "test/majority_acc": 0.6, "test_mm/majority_acc": 0.5}
+        {"val/majority_acc": 0.75, "test/majority_acc": 0.6, "test_mm/majority_acc": 0.5,
+         "val/examples": 4, "test/examples": 5, "test_mm/examples": 2}
     )
 
 
@@ -58,6 +65,21 @@ def test_a_model_within_min_gain_of_the_majority_is_flagged(score, flagged):
     assert (why is not None) == flagged
     if flagged:
         assert why == f"test/acc {score:.4f} does not beat always predicting the majority class (0.6600) by 0.01"
+
+
+def test_accuracy_inside_the_binomial_noise_band_of_the_majority_rate_is_flagged():
+    # 379 drug-review test examples at a 0.6544 majority rate: 1.645 * sqrt(.6544 * .3456 / 379) = 0.0402
+    assert noise_band(0.6544, 379, 0.95) == pytest.approx(0.0402, abs=1e-4)
+    base = {"test/labels_predicted": 3.0, "test/majority_acc": 0.6544, "test/examples": 379.0}
+    why = learned_nothing({**base, "test/acc": 0.6649}, "", "test", "acc", 0.01, confidence=0.95)
+    assert why == ("test/acc 0.6649 does not beat always predicting the majority class (0.6544) by 0.0402 "
+                   "(the 95% noise band of that rate on 379 examples)")
+    assert learned_nothing({**base, "test/acc": 0.6649}, "", "test", "acc", 0.01) is None  # band off
+    assert learned_nothing({**base, "test/acc": 0.7230}, "", "test", "acc", 0.01, confidence=0.95) is None
+    # a margin wider than the band wins (2,000 tweets at 0.429: band 0.0182)
+    tweets = {"test/labels_predicted": 3.0, "test/majority_acc": 0.429, "test/examples": 2000.0, "test/acc": 0.46}
+    assert learned_nothing(tweets, "", "test", "acc", 0.05, confidence=0.95).endswith("by 0.05")
+    assert learned_nothing(tweets, "", "test", "acc", 0.01, confidence=0.95) is None
 
 
 def test_warnings_name_the_model_and_the_split():
