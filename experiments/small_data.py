@@ -56,8 +56,14 @@ def run_cell(name: str, overrides: list[str], out_root: Path, extra: list[str]) 
     run_dir = out_root / name
     results, error = run_dir / "results.json", run_dir / "error.txt"
     if not results.exists() and not error.exists():
-        cmd = [sys.executable, str(REPO / "train.py"), *overrides, *extra, "trainer.enable_progress_bar=false",
-               f"hydra.run.dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            str(REPO / "train.py"),
+            *overrides,
+            *extra,
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ]
         print("$ python train.py", " ".join(overrides), flush=True)
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -67,19 +73,26 @@ def run_cell(name: str, overrides: list[str], out_root: Path, extra: list[str]) 
         return {"error": error.read_text().strip()}
     res = json.loads(results.read_text())
     teacher = json.loads((Path(res["artifacts"]["teacher_dir"]) / "results.json").read_text())["metrics"]
-    return {"metrics": {**res["metrics"], **{f"teacher:{k}": v for k, v in teacher.items()}},
-            "warnings": res.get("warnings", [])}
+    return {
+        "metrics": {**res["metrics"], **{f"teacher:{k}": v for k, v in teacher.items()}},
+        "warnings": res.get("warnings", []),
+    }
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| cell | " + " | ".join(c for c, _ in COLUMNS) + " | warnings |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+    lines = [
+        "| cell | " + " | ".join(c for c, _ in COLUMNS) + " | warnings |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
     for name, row in rows.items():
         if "error" in row:
             lines.append(f"| {name} | {row['error']} |" + " |" * len(COLUMNS))
             continue
         m = row["metrics"]
         cells = [(f"{m[k]:.0f}" if "steps" in k else f"{m[k]:.4f}") if k in m else "–" for _, k in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " | " + ("; ".join(row["warnings"]) or "none") + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + " | " + ("; ".join(row["warnings"]) or "none") + " |"
+        )
     return "\n".join(lines)
 
 
@@ -90,12 +103,19 @@ def main() -> None:
     parser.add_argument("--output-root", type=Path, help="paths.output_root of every run (its teacher cache)")
     args = parser.parse_args()
     extra = [f"paths.output_root={args.output_root}"] if args.output_root else []
-    rows = {}
     for name in args.cells:
-        rows[name] = run_cell(name, CELLS[name], args.out, extra)
-        text = "# Small data at the default recipe\n\n" + table(rows)
-        (REPO / "experiments" / "small_data.md").write_text(text + "\n")  # rewritten as cells finish
-    print(text)
+        run_cell(name, CELLS[name], args.out, extra)
+        # rewritten as cells finish, with every cell that has run so far (also in earlier invocations)
+        finished = [
+            n
+            for n in CELLS
+            if (args.out / n / "results.json").exists() or (args.out / n / "error.txt").exists()
+        ]
+        text = "# Small data at the default recipe\n\n" + table(
+            {n: run_cell(n, CELLS[n], args.out, extra) for n in finished}
+        )
+        (REPO / "experiments" / "small_data.md").write_text(text + "\n")
+        print(text, flush=True)
 
 
 if __name__ == "__main__":
