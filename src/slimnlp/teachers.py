@@ -168,8 +168,8 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
         write_json_atomic(folder.with_name(folder.name + ".refused.json"), results)
         shutil.rmtree(work, ignore_errors=True)
         raise TeacherDidNotLearn(
-            "teacher.finetune", f"the fine-tuned {cfg.teacher.name} {why} of {dm.task_name} after "
-            f"{trainer.global_step} optimizer steps, so it was not cached: change the recipe, e.g. "
+            "teacher.finetune", f"the fine-tuned {cfg.teacher.name} did not learn {dm.task_name} in "
+            f"{trainer.global_step} optimizer steps ({why}), so it was not cached: change the recipe, e.g. "
             f"teacher.finetune.lr (now {ft.lr:g}), teacher.finetune.epochs (now {ft.epochs}) or "
             f"teacher.finetune.min_steps (now {ft.get('min_steps') or 0})"
         )
@@ -236,8 +236,8 @@ def _check_cached(cfg: DictConfig, dm: Any, folder: Path) -> None:
     why = why_refused(load_results(folder)["metrics"], dm, cfg.teacher.finetune.get("min_gain"))
     if why:
         raise TeacherDidNotLearn(
-            "teacher.finetune.min_gain", f"the cached fine-tuned {cfg.teacher.name} at {folder} {why} of "
-            f"{dm.task_name}: lower teacher.finetune.min_gain (now {cfg.teacher.finetune.min_gain:g}) or change "
+            "teacher.finetune.min_gain", f"the cached fine-tuned {cfg.teacher.name} at {folder} did not learn "
+            f"{dm.task_name} ({why}): lower teacher.finetune.min_gain (now {cfg.teacher.finetune.min_gain:g}) or change "
             f"the recipe (teacher.finetune.lr, teacher.finetune.epochs, teacher.finetune.min_steps)"
         )
 
@@ -253,8 +253,8 @@ def validate_checkpoint(cfg: DictConfig, model: PreTrainedModel, dm: Any, folder
     why = why_refused(metrics, dm, cfg.teacher.finetune.get("min_gain"))
     if why:
         raise TeacherDidNotLearn(
-            "teacher.checkpoint", f"the teacher at {folder} {why} of {dm.task_name}: use a teacher fine-tuned "
-            f"on this task (or leave teacher.checkpoint unset to fine-tune one)"
+            "teacher.checkpoint", f"the teacher at {folder} does not know {dm.task_name} ({why}): use a teacher "
+            f"fine-tuned on this task (or leave teacher.checkpoint unset to fine-tune one)"
         )
     model.eval()
     return metrics
