@@ -224,7 +224,8 @@ def cached_teacher(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Path:
             return folder
         log.warning(
             "teacher: no fine-tuned %s for task %s (recipe seed %s) in the cache: fine-tuning it first (%s epochs)",
-            cfg.teacher.name, dm.task_name, cfg.teacher.finetune.seed, cfg.teacher.finetune.epochs,
+            cfg.teacher.name, dm.task_name, cfg.teacher.finetune.seed,
+            teacher_trainer_config(cfg, len(dm.datasets["train"]))["max_epochs"],
         )
         source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
         finetune_teacher(cfg, dm, source, folder)
