@@ -547,5 +547,8 @@ def _few(keys: list[str], limit: int = 4) -> str:
 
 def artifact_bytes(folder: str | Path) -> int:
     """Bytes of every file the folder ships (weights in any format, config, manifest, tokenizer files), at
-    any depth: the on-disk size a user downloads, which is what compression is judged by."""
-    return sum(file.stat().st_size for file in Path(folder).rglob("*") if file.is_file())
+    any depth: the on-disk size a user downloads, which is what compression is judged by. A ``results.json``
+    beside the model (the cached teacher's record of how it was trained) is not part of the model."""
+    return sum(
+        file.stat().st_size for file in Path(folder).rglob("*") if file.is_file() and file.name != "results.json"
+    )

@@ -1,31 +1,183 @@
-"""The runner's measurement step: what was saved is what is measured (parameters, bytes of the artifact
-folder, latency against the teacher on the CPU, timed in alternating rounds in one process)."""
+"""The runner's measurement step: what was saved is what is measured, the same way for every technique.
+
+Student and teacher, in one process and under one thread count (``measure.threads``, recorded as
+``eff/threads``), at the task's sequence length (inputs padded to ``data.max_length``):
+
+- ``eff/params``, ``eff/params_nonembedding``, ``eff/nonzero_params`` (``metrics.efficiency``);
+- ``eff/flops``: forward FLOPs per example (``metrics.flops``);
+- ``eff/latency_ms_b<N>`` (median) and ``eff/latency_ms_b<N>_p90`` for every ``measure.batch_sizes`` entry,
+  timed in interleaved rounds (``metrics.latency``); ``eff/speedup_b<N>`` = teacher median / student median;
+  ``eff/latency_ms`` and ``eff/speedup`` are the largest batch size's (the tables' column);
+- ``eff/peak_mem_mb``: peak memory of a pass at the largest batch (``metrics.memory``);
+- ``eff/disk_bytes`` of the artifact folder, ``eff/disk_compression`` = teacher bytes / student bytes;
+- with ``onnxruntime`` in ``measure.runtimes``: the same latencies in ONNX Runtime (``eff/ort/...``) and the
+  largest logit difference from torch (``eff/ort/max_logit_diff``) (``metrics.onnx_runtime``);
+- ``energy/infer_kwh_per_1k``: energy of inference per 1,000 examples at the largest batch (codecarbon).
+Teacher figures carry the ``teacher/`` prefix.
+"""
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from slimnlp.artifacts import artifact_bytes
-from slimnlp.metrics.efficiency import efficiency_metrics
+from slimnlp.batch import model_inputs
+from slimnlp.metrics.efficiency import parameter_counts
+from slimnlp.metrics.energy import EnergyMeter
+from slimnlp.metrics.flops import flops_per_example
+from slimnlp.metrics.latency import interleaved_times_ms, percentiles, torch_threads
+from slimnlp.metrics.memory import peak_memory_mb
+from slimnlp.metrics.onnx_runtime import OrtClassifier, export_onnx, max_logit_difference
 from slimnlp.models.loading import set_attention_implementation
+
+log = logging.getLogger("slimnlp")
+PREFIX = {"student": "", "teacher": "teacher/"}
+RUNTIME_KEYS = {"torch": "eff/", "onnxruntime": "eff/ort/"}  # measure.runtimes -> metric group
+
+
+def _forward(model: nn.Module, inputs: Mapping[str, Tensor]) -> Callable[[], Any]:
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(**inputs)
+
+    return call
+
+
+def _latencies(
+    calls_by_batch: Mapping[int, Mapping[str, Callable[[], Any]]],
+    runtime: str,
+    repeats: int,
+    warmup: int,
+    cuda: bool,
+) -> dict[str, float]:
+    """``latency_ms_b<N>`` (p50), ``_p90`` and ``speedup_b<N>`` per model and batch size, under ``eff/<runtime>``."""
+    metrics: dict[str, float] = {}
+    group = RUNTIME_KEYS[runtime]
+    for size, calls in calls_by_batch.items():
+        times = interleaved_times_ms(calls, repeats=repeats, warmup=warmup, cuda=cuda)
+        stats = {name: percentiles(t) for name, t in times.items()}
+        for name, p in stats.items():
+            metrics[f"{PREFIX[name]}{group}latency_ms_b{size}"] = p["p50"]
+            metrics[f"{PREFIX[name]}{group}latency_ms_b{size}_p90"] = p["p90"]
+        if "teacher" in stats:
+            metrics[f"{group}speedup_b{size}"] = stats["teacher"]["p50"] / stats["student"]["p50"]
+    return metrics
+
+
+def _onnxruntime(
+    models: Mapping[str, nn.Module],
+    batches: Mapping[int, Mapping[str, Tensor]],
+    settings: DictConfig,
+    threads: int,
+    student_onnx: Path,
+) -> dict[str, float]:
+    """Export each model, check its logits against torch, time it in ONNX Runtime. The student's graph is
+    kept in the run folder (``student_onnx``); the teacher's is deleted after timing."""
+    largest = batches[max(batches)]
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="slimnlp-onnx-") as tmp:
+        runtimes: dict[str, OrtClassifier] = {}
+        for name, model in models.items():
+            path = student_onnx if name == "student" else Path(tmp) / f"{name}.onnx"
+            runtimes[name] = OrtClassifier(export_onnx(model, largest, path), threads=threads)
+            metrics[f"{PREFIX[name]}eff/ort/max_logit_diff"] = max_logit_difference(
+                model, runtimes[name], largest
+            )
+        calls = {
+            size: {name: _ort_call(rt, rt.feeds(batch)) for name, rt in runtimes.items()}
+            for size, batch in batches.items()
+        }
+        metrics.update(_latencies(calls, "onnxruntime", settings.repeats, settings.warmup, cuda=False))
+    return metrics
+
+
+def _ort_call(runtime: OrtClassifier, feeds: Mapping[str, Any]) -> Callable[[], Any]:
+    return lambda: runtime.logits(feeds)
+
+
+def _inference_energy(
+    models: Mapping[str, nn.Module], batch: Mapping[str, Tensor], settings: DictConfig, energy: DictConfig
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    examples = batch["input_ids"].shape[0] * settings.energy_passes
+    for name, model in models.items():
+        call = _forward(model, model_inputs(batch))
+        with EnergyMeter(energy.country_iso_code, enabled=energy.enabled) as meter:
+            for _ in range(settings.energy_passes):
+                call()
+        if meter.kwh is not None:
+            metrics[f"{PREFIX[name]}energy/infer_kwh_per_1k"] = meter.kwh / examples * 1000.0
+    return metrics
 
 
 def measure_efficiency(
-    cfg: DictConfig, student: PreTrainedModel, teacher: PreTrainedModel, dm: Any, student_dir: Path
+    cfg: DictConfig,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel | None,
+    dm: Any,
+    student_dir: Path,
+    teacher_dir: Path | None,
+    run_dir: Path,
 ) -> dict[str, float]:
-    """``eff/*`` of the exported student against the teacher's ``teacher/eff/*``."""
-    for model in (student, teacher):  # time both with the same (fast) attention kernel
+    """``eff/*`` (and ``energy/infer_*``) of the exported student and, under ``teacher/``, of the teacher."""
+    settings = cfg.measure
+    device = torch.device(settings.device)
+    cuda = device.type == "cuda"
+    models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
+    for model in models.values():  # time every model with the same (fast) attention kernel
         set_attention_implementation(model, "sdpa")
-    metrics = efficiency_metrics(
-        student.cpu(),
-        teacher.cpu(),
-        dm.fixed_length_batch(cfg.measure.latency_batch_size),
-        repeats=cfg.measure.latency_repeats,
-        warmup=cfg.measure.latency_warmup,
-    )
+        model.to(device).eval()
+    metrics: dict[str, float] = {}
+    with torch_threads(settings.threads) as threads:
+        metrics["eff/threads"] = float(threads)
+        batches = {
+            size: {k: v.to(device) for k, v in dm.fixed_length_batch(size).items()}
+            for size in settings.batch_sizes
+        }
+        largest = batches[max(batches)]
+        metrics["eff/seq_len"] = float(largest["input_ids"].shape[1])
+        for name, model in models.items():
+            metrics.update({f"{PREFIX[name]}eff/{k}": v for k, v in parameter_counts(model).items()})
+            if settings.flops:
+                metrics[f"{PREFIX[name]}eff/flops"] = flops_per_example(model, batches[min(batches)])
+        calls = {
+            size: {name: _forward(model, model_inputs(batch)) for name, model in models.items()}
+            for size, batch in batches.items()
+        }
+        metrics.update(_latencies(calls, "torch", settings.repeats, settings.warmup, cuda))
+        if settings.memory:
+            for name, model in models.items():
+                call = _forward(model, model_inputs(largest))
+                metrics[f"{PREFIX[name]}eff/peak_mem_mb"] = peak_memory_mb(call, cuda=cuda)
+        if "onnxruntime" in settings.runtimes:
+            cpu_models = {name: model.cpu() for name, model in models.items()}
+            cpu_batches = {size: {k: v.cpu() for k, v in b.items()} for size, b in batches.items()}
+            try:
+                metrics.update(
+                    _onnxruntime(cpu_models, cpu_batches, settings, threads, run_dir / "student.onnx")
+                )
+            except Exception as err:  # noqa: BLE001 - a model torch.export cannot trace loses its ONNX figures, not the run
+                log.warning("not timed in ONNX Runtime: the export failed (%s: %s)", type(err).__name__, err)
+            for model in models.values():
+                model.to(device)
+        metrics.update(_inference_energy(models, largest, settings, cfg.energy))
+    size = max(batches)
+    metrics["eff/latency_ms"] = metrics[f"eff/latency_ms_b{size}"]
     metrics["eff/disk_bytes"] = float(artifact_bytes(student_dir))
+    if teacher is not None:
+        metrics["teacher/eff/latency_ms"] = metrics[f"teacher/eff/latency_ms_b{size}"]
+        metrics["eff/speedup"] = metrics[f"eff/speedup_b{size}"]
+        metrics["eff/compression"] = metrics["teacher/eff/params"] / metrics["eff/params"]
+        if teacher_dir is not None:
+            metrics["teacher/eff/disk_bytes"] = float(artifact_bytes(teacher_dir))
+            metrics["eff/disk_compression"] = metrics["teacher/eff/disk_bytes"] / metrics["eff/disk_bytes"]
     return metrics

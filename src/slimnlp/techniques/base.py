@@ -31,13 +31,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MetricCollection
 from transformers import PretrainedConfig, PreTrainedModel, get_scheduler
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.metrics.classification import metric_collection
+from slimnlp.metrics.fidelity import FIDELITY_METRICS
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.teacher_cache import TeacherLogitCache
 
@@ -133,8 +134,10 @@ class TaskInfo:
         )
 
 
-def agreement_key(split: str) -> str:
-    return "fidelity/agreement" if split == "test" else f"fidelity/agreement@{split}"
+def fidelity_key(name: str, split: str) -> str:
+    """``fidelity/<name>`` on the test split, ``fidelity/<name>@<split>`` on others (MNLI's test_mm …)."""
+    return f"fidelity/{name}" if split == "test" else f"fidelity/{name}@{split}"
+
 
 
 class Technique(L.LightningModule):
@@ -175,7 +178,8 @@ class Technique(L.LightningModule):
                 self.test_metrics[f"teacher_{split}"] = metric_collection(
                     task.metrics, task.num_labels, f"teacher/{split}/"
                 )
-                self.test_metrics[f"agreement_{split}"] = MeanMetric()
+                for name, metric in FIDELITY_METRICS.items():
+                    self.test_metrics[f"{name}_{split}"] = metric()
 
     # ----------------------------------------------------------------- teacher
     def _set_teacher(self, teacher: PreTrainedModel | None) -> None:
@@ -396,17 +400,18 @@ class Technique(L.LightningModule):
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.task.test_split_names[dataloader_idx]
         labels, bs = batch["labels"], batch["labels"].shape[0]
-        pred_S = self(batch).argmax(-1)
+        logits_S = self(batch)
         student = self.test_metrics[f"student_{split}"]
-        student.update(pred_S, labels)
+        student.update(logits_S.argmax(-1), labels)
         self.log_dict(student, batch_size=bs, add_dataloader_idx=False)
         if self._teacher is None:
             return
         with torch.no_grad():
-            pred_T = self._teacher(**model_inputs(batch)).logits.argmax(-1)
+            logits_T = self._teacher(**model_inputs(batch)).logits
         teacher: MetricCollection = self.test_metrics[f"teacher_{split}"]
-        teacher.update(pred_T, labels)
+        teacher.update(logits_T.argmax(-1), labels)
         self.log_dict(teacher, batch_size=bs, add_dataloader_idx=False)
-        agreement = self.test_metrics[f"agreement_{split}"]
-        agreement.update((pred_S == pred_T).float())
-        self.log(agreement_key(split), agreement, batch_size=bs, add_dataloader_idx=False)
+        for name in FIDELITY_METRICS:
+            metric = self.test_metrics[f"{name}_{split}"]
+            metric.update(logits_T, logits_S)
+            self.log(fidelity_key(name, split), metric, batch_size=bs, add_dataloader_idx=False)
