@@ -233,6 +233,29 @@ def devices_exist(value: Any, ctx: Context) -> str | None:
     return None  # auto, mps, tpu: left to Lightning
 
 
+def cuda_exists(value: Any, ctx: Context) -> str | None:
+    """``measure.device=cuda`` on a machine without CUDA."""
+    if value == "cuda" and ctx.cuda_devices == 0:
+        return "cpu (no CUDA device exists here)"
+    return None
+
+
+def data_options_exist(value: Any, ctx: Context) -> str | None:
+    """``eval.ood``: each entry a ``data`` option's name or ``{option: name, <data key>: value ...}``, never the
+    run's own task (its test split is evaluated already)."""
+    from slimnlp.config import group_options
+
+    options = group_options("data")
+    allowed = f"a list of data options ({', '.join(options)}) or {{option: <name>, <data key>: <value>}} mappings"
+    names = [v.get("option") if isinstance(v, Mapping) else v for v in value] if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) and n in options for n in names):
+        return allowed
+    tasks = [v.get("task_name", v["option"]) if isinstance(v, Mapping) else v for v in value]
+    if ctx.get("data.task_name") in tasks:
+        return "data options other than the run's own task (its test split is evaluated already)"
+    return None
+
+
 # --- the table --------------------------------------------------------------------------------------------
 
 try:  # Lightning's own list (private names; written out below should they move)
@@ -342,9 +365,24 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("warnings.confidence", optional(number(0.5, 1, hi_open=True))),
     ("calibration.num_samples", POSITIVE_INT),
     ("calibration.batch_size", optional(POSITIVE_INT)),
-    ("measure.latency_batch_size", POSITIVE_INT),
-    ("measure.latency_repeats", POSITIVE_INT),
-    ("measure.latency_warmup", integer(0)),
+    ("measure.device", choice("cpu", "cuda")),
+    ("measure.device", cuda_exists),
+    ("measure.threads", optional(POSITIVE_INT)),
+    ("measure.batch_sizes", list_of(POSITIVE_INT, "positive integers", nonempty=True)),
+    ("measure.repeats", POSITIVE_INT),
+    ("measure.warmup", integer(0)),
+    ("measure.flops", boolean()),
+    ("measure.memory", boolean()),
+    ("measure.runtimes", list_of(choice("torch", "onnxruntime"), "runtimes (torch, onnxruntime)", nonempty=True)),
+    ("measure.energy_passes", POSITIVE_INT),
+    ("energy.enabled", boolean()),
+    ("energy.country_iso_code", string(r"[A-Z]{3}", "a three-letter ISO 3166-1 code such as USA or FRA")),
+    ("eval.ood", data_options_exist),
+    ("eval.robustness.attacks", list_of(choice("typo", "word"), "attacks (typo, word)")),
+    ("eval.robustness.num_examples", POSITIVE_INT),
+    ("eval.robustness.rate", number(0, 1, lo_open=True)),
+    ("eval.robustness.seed", SEED),
+    ("eval.robustness.neighbours", POSITIVE_INT),
     *under("trainer", TRAINER_RULES),
     *under("optim", OPTIMIZER_RULES),
     ("teacher.name", string(r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-' (a folder name)")),

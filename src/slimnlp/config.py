@@ -67,6 +67,21 @@ def _unknown_key_error(err: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(key, bad, allowed, message=f"unknown key '{key}'; keys of {where}: {allowed}")
 
 
+def ood_data_configs(cfg: DictConfig) -> list[DictConfig]:
+    """``eval.ood`` as ``data`` nodes: an entry is a data option's name (``drug_reviews``) or a mapping naming
+    the option and overriding its keys (``{option: local, task_name: mine, source: {path: ...}}``); the
+    option's ``${paths...}`` interpolations resolve against this run's ``paths``."""
+    nodes = []
+    for entry in cfg.eval.ood:
+        spec = {"option": entry} if isinstance(entry, str) else OmegaConf.to_container(entry, resolve=True)
+        option = spec.pop("option")
+        node = OmegaConf.merge(OmegaConf.load(config_dir() / "data" / f"{option}.yaml"), spec)
+        root = OmegaConf.create({"paths": OmegaConf.to_container(cfg.paths, resolve=True), "data": node})
+        OmegaConf.resolve(root)
+        nodes.append(root.data)
+    return nodes
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)

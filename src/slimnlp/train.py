@@ -6,7 +6,8 @@ knows Hydra (the steps take the composed config and hand plain objects to techni
 3. models — data, student, teacher fine-tuned once and cached, ensembles (``build.build_models``);
 4. stages — train or compress, stage by stage (``stages.train_stages``);
 5. artifact — save the exported student so that ``slimnlp.load_student`` rebuilds it (``artifacts``);
-6. measure — parameters, bytes and latency of what was saved (``measure``);
+6. measure — parameters, FLOPs, bytes, latency, memory and energy of what was saved (``measure``), and
+   accuracy out of distribution and under perturbation (``evaluation``);
 7. results — ``results.json``, loggers, summary.
 
 Under DDP every rank runs these steps; side effects (files, caches, measurement) happen on rank 0 only.
@@ -26,17 +27,29 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from slimnlp.build import build_models, plan
 from slimnlp.checks import expand_sweep
-from slimnlp.config import check_command_line, compose_config, config_dir, config_hash, find_error, to_plain
+from slimnlp.config import (
+    check_command_line,
+    compose_config,
+    config_dir,
+    config_hash,
+    find_error,
+    ood_data_configs,
+    to_plain,
+)
 from slimnlp.diagnostics import majority_baselines, model_warnings
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.errors import ConfigError
+from slimnlp.evaluation import beyond_test_metrics
 from slimnlp.loggers import finish_loggers, make_loggers
 from slimnlp.measure import measure_efficiency
+from slimnlp.metrics.energy import EnergyMeter
+from slimnlp.metrics.robustness import ood_label_map
 from slimnlp.results import RESULTS_FILE, build_results, write_json_atomic
 from slimnlp.resume import StageRecord, continue_in, find_resume_point, record_start
 from slimnlp.stages import train_stages
@@ -60,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     models = build_models(cfg, run_plan)
+    ood_datamodules = build_ood_datamodules(cfg, models.datamodule)
     loggers = make_loggers(cfg, [run_plan.name, cfg.student.name, models.task.name, *cfg.get("tags", [])])
     for lg in loggers:
         lg.log_hyperparams(to_plain(cfg))
@@ -67,11 +81,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     status = "failed"
     try:
         L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
-        outcome = train_stages(cfg, run_plan, models, loggers, run_dir, resume)
+        with EnergyMeter(cfg.energy.country_iso_code, enabled=cfg.energy.enabled) as training_energy:
+            outcome = train_stages(cfg, run_plan, models, loggers, run_dir, resume)
         if is_rank_zero():
             student_dir = outcome.student_dir
             metrics = dict(outcome.metrics)
-            metrics.update(measure_efficiency(cfg, outcome.student, models.teacher, models.datamodule, student_dir))
+            student, teacher, dm = outcome.student, models.teacher, models.datamodule
+            measured = time.perf_counter()
+            metrics.update(measure_efficiency(cfg, student, teacher, dm, student_dir, models.teacher_dir, run_dir))
+            evaluated = time.perf_counter()
+            metrics.update(beyond_test_metrics(cfg, student, teacher, models.teacher_dir, dm, ood_datamodules))
+            metrics["time/measure_s"] = evaluated - measured
+            metrics["time/beyond_test_s"] = time.perf_counter() - evaluated
+            if training_energy.kwh is not None:
+                metrics["energy/train_kwh"] = training_energy.kwh
+                metrics["energy/co2_kg"] = training_energy.co2_kg
             metrics["train/optimizer_steps"] = float(outcome.steps)
             metrics["time/run_s"] = time.perf_counter() - started
             metrics.update(majority_baselines(models.datamodule, models.task))
@@ -89,6 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 artifacts={
                     "student_dir": str(student_dir),
                     "teacher_dir": str(models.teacher_dir),
+                    "onnx": str(run_dir / "student.onnx") if (run_dir / "student.onnx").exists() else None,
                     "best_checkpoint": next((str(p) for p in sorted(outcome.checkpoints.glob("best*.ckpt"))), None),
                     "resumed_from": str(resume.checkpoint or resume.run_dir) if resume else None,
                 },
@@ -98,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "config_hash": chash,
                     "stages": [stage.name for stage in run_plan.stages],
                     "layer_map": getattr(outcome.student.config, "slimnlp_layer_map", None),
+                    "energy_method": training_energy.method,
                 },
             )
             write_json_atomic(run_dir / RESULTS_FILE, results)
@@ -109,6 +135,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if results:
         print_summary(results)
     return results
+
+
+def build_ood_datamodules(cfg: DictConfig, dm: Any) -> dict[str, Any]:
+    """``eval.ood``'s datamodules, tokenized with the run's tokenizer, their label names checked against the
+    task's before anything trains."""
+    datamodules = {}
+    for node in ood_data_configs(cfg):
+        ood_dm = instantiate(node, tokenizer=dm.tokenizer)
+        ood_dm.prepare_data()
+        ood_dm.setup()
+        ood_label_map(dm.label_names, ood_dm.label_names, node.task_name)
+        datamodules[node.task_name] = ood_dm
+    return datamodules
 
 
 def _record_failure(err: BaseException) -> None:

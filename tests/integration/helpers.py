@@ -74,8 +74,12 @@ def tiny_overrides(root: Path, corpus: Path, teacher: Path) -> list[str]:
         "teacher.finetune.min_steps=0",
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
-        "measure.latency_repeats=3",
-        "measure.latency_warmup=1",
+        "measure.repeats=3",
+        "measure.warmup=1",
+        "measure.runtimes=[torch]",  # the ONNX export, codecarbon and the attacks have their own tests
+        "measure.energy_passes=1",
+        "energy.enabled=false",
+        "eval.robustness.attacks=[]",
     ]
 
 

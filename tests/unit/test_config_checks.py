@@ -126,9 +126,19 @@ BAD = [
     (("resume=3",), {}, "resume", "3"),
     (("tags=[1]",), {}, "tags", "[1]"),
     (("calibration.num_samples=0",), {}, "calibration.num_samples", "0"),
-    (("measure.latency_repeats=0",), {}, "measure.latency_repeats", "0"),
-    (("measure.latency_batch_size=0",), {}, "measure.latency_batch_size", "0"),
-    (("measure.latency_warmup=-1",), {}, "measure.latency_warmup", "-1"),
+    (("measure.repeats=0",), {}, "measure.repeats", "0"),
+    (("measure.batch_sizes=[1,0]",), {}, "measure.batch_sizes", "[1, 0]"),
+    (("measure.batch_sizes=[]",), {}, "measure.batch_sizes", "[]"),
+    (("measure.warmup=-1",), {}, "measure.warmup", "-1"),
+    (("measure.threads=0",), {}, "measure.threads", "0"),
+    (("measure.device=tpu",), {}, "measure.device", "'tpu'"),
+    (("measure.device=cuda",), {"cuda_devices": 0}, "measure.device", "'cuda'"),
+    (("measure.runtimes=[tensorrt]",), {}, "measure.runtimes", "['tensorrt']"),
+    (("energy.country_iso_code=fr",), {}, "energy.country_iso_code", "'fr'"),
+    (("eval.ood=[imdb]",), {}, "eval.ood", "['imdb']"),
+    (("eval.ood=[tweet_sentiment]",), {}, "eval.ood", "['tweet_sentiment']"),
+    (("eval.robustness.attacks=[paraphrase]",), {}, "eval.robustness.attacks", "['paraphrase']"),
+    (("eval.robustness.rate=0",), {}, "eval.robustness.rate", "0"),
     (("teacher.checkpoint=/nonexistent/folder",), {}, "teacher.checkpoint", "'/nonexistent/folder'"),
     (("teacher.checkpoint=./no/such/teacher",), {}, "teacher.checkpoint", "'./no/such/teacher'"),
     (("teacher.checkpoint=s3://bucket/teacher",), {}, "teacher.checkpoint", "'s3://bucket/teacher'"),
@@ -182,7 +192,7 @@ def test_first_bad_value_wins_in_table_order():
 
 
 def test_booleans_are_not_numbers():
-    for key, value in [("seed", True), ("measure.latency_repeats", True), ("optim.optimizer.lr", True)]:
+    for key, value in [("seed", True), ("measure.repeats", True), ("optim.optimizer.lr", True)]:
         cfg = plain()
         group, _, leaf = key.rpartition(".")
         node = cfg
