@@ -42,6 +42,8 @@ def export_onnx(model: nn.Module, batch: Mapping[str, Tensor], path: str | Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     inputs = model_inputs(batch)
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # one INFO line per graph pass otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
