@@ -12,7 +12,7 @@ drug reviews as the out-of-distribution set (same label names as the tweets):
 Then
 
     python -m slimnlp.report DIR --group-by technique,student --baseline technique=finetune \\
-        --out experiments/measurement_suite
+        --elue-baseline technique=finetune --elue-baseline kind=teacher --out experiments/measurement_suite
 
 writes ``report.md``, ``report.csv`` and the PNGs there.
 """
@@ -43,7 +43,8 @@ def main() -> None:
         subprocess.run(sweep, cwd=REPO, check=False)
     report = [
         sys.executable, "-m", "slimnlp.report", str(args.out), "--group-by", "technique,student",
-        "--baseline", "technique=finetune", "--out", str(REPO / "experiments" / "measurement_suite"),
+        "--baseline", "technique=finetune", "--elue-baseline", "technique=finetune", "--elue-baseline",
+        "kind=teacher", "--out", str(REPO / "experiments" / "measurement_suite"),
     ]
     print("$", " ".join(report[1:]), flush=True)
     subprocess.run(report, cwd=REPO, check=True)

@@ -297,10 +297,27 @@ def test_baseline_selector_that_matches_nothing_or_too_much(tmp_path):
     three_seeds(tmp_path, "finetune", "2L", [0.60, 0.61, 0.62], 1e9)
     with pytest.raises(ReportError, match=r"--baseline technique=finetun matches no row; rows: "):
         build_report(Options(paths=[str(tmp_path)], baseline=parse_selector("technique=finetun")))
-    with pytest.raises(ReportError, match=r"matches 2 rows of task tweets .*add a key"):
-        build_report(Options(paths=[str(tmp_path)], baseline=parse_selector("technique=finetune")))
+    only_technique = Options(
+        paths=[str(tmp_path)], group_by=["technique"], baseline=parse_selector("technique=finetune")
+    )
+    three_seeds(tmp_path, "kd", "4L", [0.80, 0.82, 0.87], 2e9)
+    with pytest.raises(ReportError, match=r"matches 2 rows for .*finetune \[student.name=2L.*add a key"):
+        build_report(only_technique)  # the students are not a group-by field: which finetune row is kd's?
     with pytest.raises(ReportError, match="expected KEY=VALUE"):
         parse_selector("finetune")
+
+
+def test_a_baseline_per_student_pairs_rows_on_the_other_group_by_fields(tmp_path):
+    three_seeds(tmp_path, "finetune", "4L", [0.70, 0.71, 0.72], 2e9)
+    three_seeds(tmp_path, "finetune", "2L", [0.60, 0.61, 0.62], 1e9)
+    three_seeds(tmp_path, "kd", "4L", [0.80, 0.82, 0.87], 2e9)
+    three_seeds(tmp_path, "kd", "2L", [0.60, 0.62, 0.61], 1e9)
+    report = build_report(Options(paths=[str(tmp_path)], baseline=parse_selector("technique=finetune")))
+    rows = {r.label: r for r in report.rows}
+    assert rows["finetune · 2L"].is_reference and rows["finetune · 4L"].is_reference
+    assert rows["kd · 4L"].delta_vs == "finetune · 4L" and rows["kd · 4L"].delta.diff == pytest.approx(0.12)
+    assert rows["kd · 2L"].delta_vs == "finetune · 2L" and rows["kd · 2L"].delta.diff == pytest.approx(0.0)
+    assert rows["kd · 2L"].delta.verdict == "n.s."
 
 
 def test_selector_values_compare_as_values():

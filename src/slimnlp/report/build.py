@@ -2,8 +2,9 @@
 
 Comparisons (the Δ column) are on the primary metric (``test/<data.primary_metric>`` unless ``--metric``):
 
-- with ``--baseline KEY=VALUE[,KEY=VALUE]``: every row of a task against the one row of that task the
-  selector matches (an error if it matches several: name another key);
+- with ``--baseline KEY=VALUE[,KEY=VALUE]``: every row of a task against the row of that task the selector
+  matches; where it matches several (``technique=finetune`` with one finetune row per student), against the
+  one that agrees with the row on the other group-by fields (an error if that is still ambiguous);
 - without it: every configuration against the teacher that taught it (its own teacher row), which is the
   question a compression paper asks first: how much did compressing cost? The teacher's values are
   repeated measurements of one fine-tuned model, so the interval there reflects the student's seeds only.
@@ -156,7 +157,11 @@ def _columns(requested: list[str] | None, rows: Sequence[Row], primaries: Sequen
 
 
 def _compare(
-    rows: list[Row], report_primary: dict[str, str], baseline: Selector | None, notes: list[str]
+    rows: list[Row],
+    report_primary: dict[str, str],
+    baseline: Selector | None,
+    group_by: Sequence[str],
+    notes: list[str],
 ) -> None:
     """Fill ``delta`` / ``delta_vs`` of every row (see the module docstring)."""
     if baseline is None:
@@ -174,28 +179,40 @@ def _compare(
     if not chosen:
         labels = ", ".join(r.label for r in rows if r.kind != "paper")
         raise ReportError(f"--baseline {selector_text(baseline)} matches no row; rows: {labels}")
-    for task in {r.task for r in chosen}:
-        in_task = [r for r in chosen if r.task == task]
-        if len(in_task) > 1:
-            raise ReportError(
-                f"--baseline {selector_text(baseline)} matches {len(in_task)} rows of task {task} "
-                f"({'; '.join(r.label for r in in_task)}): add a key to pick one (e.g. student=...)"
-            )
-    reference_of = {r.task: r for r in chosen}
-    for task in sorted({r.task for r in rows} - set(reference_of)):
+    tasks_with_baseline = {r.task for r in chosen}
+    for task in sorted({r.task for r in rows} - tasks_with_baseline):
         notes.append(f"task {task}: no row matches --baseline {selector_text(baseline)}, so no Δ there.")
     for row in rows:
-        reference = reference_of.get(row.task)
-        if reference is None or row.kind == "paper":
+        if row.kind == "paper" or row.task not in tasks_with_baseline:
             continue
-        if row is reference:
+        if row in chosen:
             row.is_reference = True
+            continue
+        reference = _reference_of(row, [r for r in chosen if r.task == row.task], baseline, group_by)
+        if reference is None:
             continue
         metric = report_primary[row.task]
         row.delta = welch_difference(
             row.values.get(metric, []), reference.values.get(metric, []), higher_is_better(metric)
         )
         row.delta_vs = reference.label
+
+
+def _reference_of(row: Row, candidates: list[Row], baseline: Selector, group_by: Sequence[str]) -> Row | None:
+    """The baseline row ``row`` is compared with: the task's only one, or else the one that agrees with ``row``
+    on the group-by fields the selector does not name (``--baseline technique=finetune`` compares ``kd · 2L``
+    with ``finetune · 2L`` and ``kd · 4L`` with ``finetune · 4L``)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    named = {key for key, _ in baseline}
+    free = [key for key in group_by if key not in named]
+    paired = [c for c in candidates if all(c.get(k) == row.get(k) for k in free)]
+    if len(paired) > 1:
+        raise ReportError(
+            f"--baseline {selector_text(baseline)} matches {len(paired)} rows for {row.label} "
+            f"({'; '.join(r.label for r in paired)}): add a key to pick one (e.g. student=...)"
+        )
+    return paired[0] if paired else None
 
 
 def _score_elue(
@@ -267,7 +284,7 @@ def build_report(options: Options, collection: Collection | None = None) -> Repo
             if row.kind != "run":
                 row.label = f"{row.task} · {row.label}"
     columns = _columns(options.columns, rows, list(dict.fromkeys(primary.values())))
-    _compare(rows, primary, options.baseline, notes)
+    _compare(rows, primary, options.baseline, group_by, notes)
     curves = _score_elue(rows, primary, options.elue_baseline, notes) if options.elue_baseline else {}
     if collection.teacher_caches:
         notes.append(
