@@ -23,11 +23,20 @@ def make_loggers(cfg: DictConfig, tags: list[str]) -> list[Any]:
     return loggers
 
 
+def metrics_table(metrics: dict[str, float]) -> Any:
+    """The run's final metrics as a ``wandb.Table`` (group, metric, value): what the dashboard shows per run."""
+    import wandb
+
+    rows = [[key.rpartition("/")[0] or "-", key, float(value)] for key, value in sorted(metrics.items())]
+    return wandb.Table(columns=["group", "metric", "value"], data=rows)
+
+
 def finish_loggers(
     loggers: list[Any], metrics: dict[str, float], status: str, warnings: list[str] | None = None
 ) -> None:
     """Log the final metrics (on success) and close every logger; ``status`` is ``success`` or ``failed``.
-    W&B also gets the run's ``warnings`` (models that learned nothing) in its summary."""
+    W&B also gets the run's ``warnings`` (models that learned nothing) in its summary, and the metrics as a
+    table."""
     for lg in loggers:
         try:
             if status == "success":
@@ -37,6 +46,7 @@ def finish_loggers(
             if experiment is not None and hasattr(experiment, "finish"):
                 if status == "success":
                     experiment.summary.update({**metrics, "warnings": list(warnings or [])})  # the run summary
+                    experiment.log({"metrics_table": metrics_table(metrics)})  # one row per metric, searchable
                 experiment.finish(exit_code=0 if status == "success" else 1)  # writes (and syncs) the run
         except Exception:  # closing one logger must not hide the run's own error or skip the others
             log.exception("could not close logger %s", type(lg).__name__)

@@ -79,3 +79,8 @@ def test_wandb_offline_gets_config_tags_and_summary(tiny_setup):
     log = next(offline[0].glob("*.wandb")).read_bytes()
     for expected in (b"LogitKD", b"temperature", b"smoke", b"2L", b"fidelity/agreement", b"final/test/acc"):
         assert expected in log, expected
+    # the per-run metrics table: a table-file record, and the table's JSON among the run's media files
+    assert b"metrics_table" in log
+    (table,) = (offline[0] / "files" / "media" / "table").glob("metrics_table_*.table.json")
+    rows = {row[1]: row[2] for row in json.loads(table.read_text())["data"]}
+    assert rows["eff/flops"] > 0 and "fidelity/prob_loyalty" in rows
