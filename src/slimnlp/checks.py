@@ -374,6 +374,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("measure.flops", boolean()),
     ("measure.memory", boolean()),
     ("measure.runtimes", list_of(choice("torch", "onnxruntime"), "runtimes (torch, onnxruntime)", nonempty=True)),
+    ("measure.onnx_repeats", POSITIVE_INT),
     ("measure.energy_passes", POSITIVE_INT),
     ("energy.enabled", boolean()),
     ("energy.country_iso_code", string(r"[A-Z]{3}", "a three-letter ISO 3166-1 code such as USA or FRA")),

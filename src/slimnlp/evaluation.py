@@ -2,7 +2,8 @@
 perturbations (``robust/*``), for the student and its teacher on identical inputs (``metrics.robustness``).
 
 The word-substitution attack draws its neighbours from the teacher's input embeddings; the table takes
-seconds to build, so it is cached on disk beside the other caches, keyed by the teacher folder and ``k``.
+seconds to build, so it is cached on disk beside the other caches, keyed by the teacher folder and ``k``. The
+teacher's own figures are the same for every student of a task, so they are cached too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from slimnlp.metrics.robustness import (
@@ -62,6 +63,35 @@ def attacks_from_config(
     return attacks
 
 
+def _metrics(
+    models: Mapping[str, nn.Module],
+    dm: Any,
+    ood_datamodules: Mapping[str, Any],
+    robustness: DictConfig,
+    attacks: Mapping[str, Perturbation],
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, ood_dm in ood_datamodules.items():
+        metrics.update(ood_metrics(models, dm.label_names, name, ood_dm, tokenizer=dm.tokenizer))
+    if attacks:
+        metrics.update(robustness_metrics(models, dm, attacks, robustness.num_examples, robustness.seed))
+    return metrics
+
+
+def _teacher_key(
+    teacher_dir: Path, dm: Any, ood_datamodules: Mapping[str, Any], robustness: DictConfig
+) -> str:
+    """Everything the teacher's ``ood/*`` and ``robust/*`` depend on: its weights (folder), the task's data,
+    each OOD set's data, the attack settings."""
+    parts = {
+        "teacher": str(Path(teacher_dir).resolve()),
+        "data": dm.fingerprint,
+        "ood": {name: ood_dm.fingerprint for name, ood_dm in ood_datamodules.items()},
+        "robustness": OmegaConf.to_container(robustness, resolve=True),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def beyond_test_metrics(
     cfg: DictConfig,
     student: nn.Module,
@@ -70,15 +100,32 @@ def beyond_test_metrics(
     dm: Any,
     ood_datamodules: Mapping[str, Any],
 ) -> dict[str, float]:
-    """``robust/*`` and ``ood/<name>/*`` of the student and (``teacher/``) the teacher."""
-    models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
-    metrics: dict[str, float] = {}
-    for name, ood_dm in ood_datamodules.items():
-        metrics.update(ood_metrics(models, dm.label_names, name, ood_dm, tokenizer=dm.tokenizer))
+    """``robust/*`` and ``ood/<name>/*`` of the student and (``teacher/``) the teacher.
+
+    The teacher's figures depend only on the teacher and the inputs, which are the same for every student of
+    the task, so they are computed once and cached (``cache_dir/teacher_eval``) like the teacher itself; the
+    student's are computed every run."""
     robustness = cfg.eval.robustness
+    attacks: dict[str, Perturbation] = {}
     if robustness.attacks:
         embedder = teacher if teacher is not None else student
         source = teacher_dir if teacher_dir is not None else Path(cfg.paths.output_dir)
         attacks = attacks_from_config(robustness, embedder, dm.tokenizer, source, Path(cfg.paths.cache_dir))
-        metrics.update(robustness_metrics(models, dm, attacks, robustness.num_examples, robustness.seed))
+    if not ood_datamodules and not attacks:
+        return {}
+    metrics = _metrics({"student": student}, dm, ood_datamodules, robustness, attacks)
+    if teacher is None:
+        return metrics
+    cached = None
+    if teacher_dir is not None:
+        key = _teacher_key(teacher_dir, dm, ood_datamodules, robustness)
+        cached = Path(cfg.paths.cache_dir) / "teacher_eval" / f"{key}.json"
+    if cached is not None and cached.exists():
+        log.info("teacher's OOD and attack metrics from the cache: %s", cached)
+        metrics.update(json.loads(cached.read_text()))
+        return metrics
+    teacher_metrics = _metrics({"teacher": teacher}, dm, ood_datamodules, robustness, attacks)
+    if cached is not None:
+        write_json_atomic(cached, teacher_metrics)
+    metrics.update(teacher_metrics)
     return metrics

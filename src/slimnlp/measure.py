@@ -10,16 +10,19 @@ Student and teacher, in one process and under one thread count (``measure.thread
   ``eff/latency_ms`` and ``eff/speedup`` are the largest batch size's (the tables' column);
 - ``eff/peak_mem_mb``: peak memory of a pass at the largest batch (``metrics.memory``);
 - ``eff/disk_bytes`` of the artifact folder, ``eff/disk_compression`` = teacher bytes / student bytes;
-- with ``onnxruntime`` in ``measure.runtimes``: the same latencies in ONNX Runtime (``eff/ort/...``) and the
-  largest logit difference from torch (``eff/ort/max_logit_diff``) (``metrics.onnx_runtime``);
+- with ``onnxruntime`` in ``measure.runtimes``: the same latencies in ONNX Runtime (``eff/ort/...``,
+  ``measure.onnx_repeats`` rounds) and the largest logit difference from torch (``eff/ort/max_logit_diff``)
+  (``metrics.onnx_runtime``);
 - ``energy/infer_kwh_per_1k``: energy of inference per 1,000 examples at the largest batch (codecarbon).
 Teacher figures carry the ``teacher/`` prefix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import tempfile
+import os
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,25 +82,46 @@ def _onnxruntime(
     settings: DictConfig,
     threads: int,
     student_onnx: Path,
+    teacher_onnx: Path | None,
 ) -> dict[str, float]:
     """Export each model, check its logits against torch, time it in ONNX Runtime. The student's graph is
-    kept in the run folder (``student_onnx``); the teacher's is deleted after timing."""
+    kept in the run folder (``student_onnx``); the teacher's is exported once into the cache
+    (``teacher_onnx``, keyed by its folder) and every run re-checks and re-times it."""
     largest = batches[max(batches)]
     metrics: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="slimnlp-onnx-") as tmp:
-        runtimes: dict[str, OrtClassifier] = {}
-        for name, model in models.items():
-            path = student_onnx if name == "student" else Path(tmp) / f"{name}.onnx"
-            runtimes[name] = OrtClassifier(export_onnx(model, largest, path), threads=threads)
-            metrics[f"{PREFIX[name]}eff/ort/max_logit_diff"] = max_logit_difference(
-                model, runtimes[name], largest
-            )
-        calls = {
-            size: {name: _ort_call(rt, rt.feeds(batch)) for name, rt in runtimes.items()}
-            for size, batch in batches.items()
-        }
-        metrics.update(_latencies(calls, "onnxruntime", settings.repeats, settings.warmup, cuda=False))
+    runtimes: dict[str, OrtClassifier] = {}
+    for name, model in models.items():
+        path = student_onnx if name == "student" else teacher_onnx or student_onnx.with_name("teacher.onnx")
+        if name == "student" or not path.exists():
+            _export_atomically(model, largest, path)
+        runtimes[name] = OrtClassifier(path, threads=threads)
+        metrics[f"{PREFIX[name]}eff/ort/max_logit_diff"] = max_logit_difference(
+            model, runtimes[name], largest
+        )
+    calls = {
+        size: {name: _ort_call(rt, rt.feeds(batch)) for name, rt in runtimes.items()}
+        for size, batch in batches.items()
+    }
+    metrics.update(_latencies(calls, "onnxruntime", settings.onnx_repeats, settings.warmup, cuda=False))
     return metrics
+
+
+def _export_atomically(model: nn.Module, batch: Mapping[str, Tensor], path: Path) -> Path:
+    """Export to a temporary sibling, then rename: a reader (another run) sees a whole graph or none."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        export_onnx(model, batch, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _teacher_onnx_path(cache_dir: Path, teacher_dir: Path | None, batch: Mapping[str, Tensor]) -> Path | None:
+    if teacher_dir is None:
+        return None
+    key = f"{Path(teacher_dir).resolve()}|{torch.__version__}|{','.join(model_inputs(batch))}"
+    return Path(cache_dir) / "onnx" / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
 def _ort_call(runtime: OrtClassifier, feeds: Mapping[str, Any]) -> Callable[[], Any]:
@@ -105,17 +129,17 @@ def _ort_call(runtime: OrtClassifier, feeds: Mapping[str, Any]) -> Callable[[], 
 
 
 def _inference_energy(
-    models: Mapping[str, nn.Module], batch: Mapping[str, Tensor], settings: DictConfig, energy: DictConfig
+    models: Mapping[str, nn.Module], batch: Mapping[str, Tensor], passes: int, energy: EnergyMeter
 ) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    examples = batch["input_ids"].shape[0] * settings.energy_passes
+    examples = batch["input_ids"].shape[0] * passes
     for name, model in models.items():
         call = _forward(model, model_inputs(batch))
-        with EnergyMeter(energy.country_iso_code, enabled=energy.enabled) as meter:
-            for _ in range(settings.energy_passes):
+        with energy.task(f"infer_{name}") as used:
+            for _ in range(passes):
                 call()
-        if meter.kwh is not None:
-            metrics[f"{PREFIX[name]}energy/infer_kwh_per_1k"] = meter.kwh / examples * 1000.0
+        if used.kwh is not None:
+            metrics[f"{PREFIX[name]}energy/infer_kwh_per_1k"] = used.kwh / examples * 1000.0
     return metrics
 
 
@@ -127,6 +151,7 @@ def measure_efficiency(
     student_dir: Path,
     teacher_dir: Path | None,
     run_dir: Path,
+    energy: EnergyMeter,
 ) -> dict[str, float]:
     """``eff/*`` (and ``energy/infer_*``) of the exported student and, under ``teacher/``, of the teacher."""
     settings = cfg.measure
@@ -161,15 +186,18 @@ def measure_efficiency(
         if "onnxruntime" in settings.runtimes:
             cpu_models = {name: model.cpu() for name, model in models.items()}
             cpu_batches = {size: {k: v.cpu() for k, v in b.items()} for size, b in batches.items()}
+            teacher_onnx = _teacher_onnx_path(Path(cfg.paths.cache_dir), teacher_dir, largest)
             try:
                 metrics.update(
-                    _onnxruntime(cpu_models, cpu_batches, settings, threads, run_dir / "student.onnx")
+                    _onnxruntime(
+                        cpu_models, cpu_batches, settings, threads, run_dir / "student.onnx", teacher_onnx
+                    )
                 )
             except Exception as err:  # noqa: BLE001 - a model torch.export cannot trace loses its ONNX figures, not the run
                 log.warning("not timed in ONNX Runtime: the export failed (%s: %s)", type(err).__name__, err)
             for model in models.values():
                 model.to(device)
-        metrics.update(_inference_energy(models, largest, settings, cfg.energy))
+        metrics.update(_inference_energy(models, largest, settings.energy_passes, energy))
     size = max(batches)
     metrics["eff/latency_ms"] = metrics[f"eff/latency_ms_b{size}"]
     metrics["eff/disk_bytes"] = float(artifact_bytes(student_dir))

@@ -81,14 +81,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     status = "failed"
     try:
         L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
-        with EnergyMeter(cfg.energy.country_iso_code, enabled=cfg.energy.enabled) as training_energy:
+        energy = EnergyMeter(cfg.energy.country_iso_code, enabled=cfg.energy.enabled)
+        with energy.task("train") as training_energy:
             outcome = train_stages(cfg, run_plan, models, loggers, run_dir, resume)
         if is_rank_zero():
             student_dir = outcome.student_dir
             metrics = dict(outcome.metrics)
             student, teacher, dm = outcome.student, models.teacher, models.datamodule
             measured = time.perf_counter()
-            metrics.update(measure_efficiency(cfg, student, teacher, dm, student_dir, models.teacher_dir, run_dir))
+            metrics.update(
+                measure_efficiency(cfg, student, teacher, dm, student_dir, models.teacher_dir, run_dir, energy)
+            )
             evaluated = time.perf_counter()
             metrics.update(beyond_test_metrics(cfg, student, teacher, models.teacher_dir, dm, ood_datamodules))
             metrics["time/measure_s"] = evaluated - measured
@@ -123,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "config_hash": chash,
                     "stages": [stage.name for stage in run_plan.stages],
                     "layer_map": getattr(outcome.student.config, "slimnlp_layer_map", None),
-                    "energy_method": training_energy.method,
+                    "energy_method": energy.method,
                 },
             )
             write_json_atomic(run_dir / RESULTS_FILE, results)

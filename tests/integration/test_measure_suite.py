@@ -92,3 +92,16 @@ def test_an_ood_set_with_other_labels_fails_before_training(tiny_setup):
         run_tiny(tiny_setup, "ood_bad", "technique=kd", "student=2L", *full_suite(other)[-1:])
     assert "eval.ood" in str(err.value) and "bad" in str(err.value)
     assert not (root / "outputs" / "runs" / "ood_bad" / "checkpoints").exists()
+
+
+def test_the_teachers_ood_and_attack_figures_are_computed_once(suite_run, tiny_setup, caplog):
+    root = tiny_setup[0]
+    first = suite_run[0]["metrics"]
+    with caplog.at_level("INFO"):
+        again = run_tiny(tiny_setup, "suite_again", "technique=finetune", "student=2L",
+                         *full_suite(root / "ood.csv"))["metrics"]
+    assert any("teacher's OOD and attack metrics from the cache" in r.getMessage() for r in caplog.records)
+    teacher_keys = [k for k in first if k.startswith(("teacher/robust/", "teacher/ood/"))]
+    assert len(teacher_keys) >= 10
+    assert {k: again[k] for k in teacher_keys} == {k: first[k] for k in teacher_keys}
+    assert list((root / "outputs" / "cache" / "teacher_eval").glob("*.json"))

@@ -201,15 +201,19 @@ def test_codecarbon_runs_without_a_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     start = time.perf_counter()
-    with EnergyMeter("FRA", measure_power_secs=1) as meter:
-        sum(i * i for i in range(2_000_000))
+    meter = EnergyMeter("FRA", measure_power_secs=1)
+    with meter.task("small") as small:
+        sum(i * i for i in range(500_000))
+    with meter.task("large") as large:
+        sum(i * i for i in range(4_000_000))
     assert time.perf_counter() - start < 30  # no wait for a lookup that cannot succeed
-    assert meter.kwh is not None and meter.kwh > 0
-    assert meter.co2_kg is not None and meter.co2_kg > 0
+    assert small.kwh is not None and large.kwh is not None and large.kwh > small.kwh > 0
+    assert large.co2_kg is not None and large.co2_kg > 0
     assert meter.method
 
 
 def test_disabled_energy_meter_measures_nothing():
-    with EnergyMeter("USA", enabled=False) as meter:
+    meter = EnergyMeter("USA", enabled=False)
+    with meter.task("train") as energy:
         pass
-    assert meter.kwh is None and meter.co2_kg is None
+    assert energy.kwh is None and energy.co2_kg is None and meter.method is None
