@@ -475,3 +475,11 @@ def test_bad_reference_files(tmp_path, text, message):
 def test_std_helper_agrees_with_numpy():
     values = [0.81, 0.79, 0.84, 0.80]
     assert summarize(values).std == pytest.approx(float(np.std(values, ddof=1)))
+
+
+def test_energy_is_shown_in_watt_hours():
+    from slimnlp.report.units import unit
+
+    assert unit("energy/train_kwh") == (1e3, "Wh")
+    assert unit("teacher/energy/infer_kwh_per_1k") == (1e3, "Wh")
+    assert unit("energy/co2_kg") == (1e3, "g CO2")

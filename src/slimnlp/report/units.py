@@ -1,7 +1,7 @@
 """Readable units: what a column's numbers are divided by, and how many decimals they get.
 
 The table shows parameters in millions (M), FLOPs in GFLOPs (10^9 per example), disk size in MB (10^6
-bytes); latencies stay in ms (one forward pass of the whole batch), memory in MB. The CSV keeps the raw
+bytes), energy in Wh and CO2 in g; latencies stay in ms (one forward pass of the whole batch), memory in MB. The CSV keeps the raw
 values of ``results.json`` (counts, FLOPs, bytes) so a script reading it needs no unit table.
 """
 
@@ -32,9 +32,9 @@ def unit(metric: str) -> tuple[float, str]:
     if "speedup" in name or "compression" in name:
         return 1.0, "×"
     if name.endswith("_kwh") or "kwh_per" in name:
-        return 1.0, "kWh"
+        return 1e3, "Wh"  # a fine-tuning run on a CPU is about a watt-hour, not a kilowatt-hour
     if name.endswith("co2_kg"):
-        return 1.0, "kg CO2"
+        return 1e3, "g CO2"
     return 1.0, ""
 
 
