@@ -18,13 +18,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from slimnlp.metrics.ood import ood_metrics
 from slimnlp.metrics.robustness import (
     NeighbourTable,
     Perturbation,
     Typo,
     WordSubstitution,
     neighbour_table_from_model,
-    ood_metrics,
     robustness_metrics,
 )
 from slimnlp.results import write_json_atomic

@@ -49,7 +49,7 @@ from slimnlp.evaluation import beyond_test_metrics
 from slimnlp.loggers import finish_loggers, make_loggers
 from slimnlp.measure import measure_efficiency
 from slimnlp.metrics.energy import EnergyMeter
-from slimnlp.metrics.robustness import ood_label_map
+from slimnlp.metrics.ood import ood_label_map
 from slimnlp.results import RESULTS_FILE, build_results, write_json_atomic
 from slimnlp.resume import StageRecord, continue_in, find_resume_point, record_start
 from slimnlp.stages import train_stages

@@ -16,6 +16,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from slimnlp.data import LocalFiles, TextClassificationDataModule
 from slimnlp.errors import ConfigError
+from slimnlp.metrics.ood import ood_label_map, ood_metrics
 from slimnlp.metrics.robustness import (
     QWERTY_NEIGHBOURS,
     WORD_RE,
@@ -26,8 +27,6 @@ from slimnlp.metrics.robustness import (
     build_neighbour_table,
     example_rng,
     neighbour_table_from_model,
-    ood_label_map,
-    ood_metrics,
     perturb_texts,
     predict,
     robustness_metrics,
