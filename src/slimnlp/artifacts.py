@@ -16,8 +16,15 @@ Compression changes models in ways an HF config cannot describe: per-layer head 
         "bert.encoder.layer.0.attention.self.query": {
           "kind": "linear", "module": "slimnlp.artifacts",
           "spec": {"in_features": 32, "out_features": 16, "bias": true}}},
-      "shared": {"bert.encoder.layer.2": "bert.encoder.layer.1"}   # alias path -> canonical path
+      "shared": {"bert.encoder.layer.2": "bert.encoder.layer.1"},  # alias path -> canonical path
+      "sparse": {"bert.encoder.layer.0.output.dense.weight": [384, 1536]}  # key -> shape, stored compactly
     }
+
+Sparse weights (unstructured pruning leaves matrices mostly zero) are stored compactly whenever that is smaller
+than the dense tensor by 10% or more: a bit per entry (``<key>::nonzero``, uint8, eight entries per byte) and
+the non-zero values in order (``<key>::values``), so ``eff/disk_bytes`` falls with sparsity. A model with such
+weights is always written in the described format (a plain ``from_pretrained`` cannot read it); dense models
+are unaffected.
 
 What to record is found by comparing the model with a fresh ``from_config`` model built on the meta
 device (no weights, milliseconds). Before writing, the manifest is replayed on the meta device and the
@@ -201,6 +208,10 @@ def save_student(
             "a new path, an empty folder or an earlier artifact (it is replaced as a whole)",
         )
     manifest = artifact_manifest(model)
+    sparse = _sparse_keys(_stored(model))
+    if sparse:
+        manifest = manifest or _plain_manifest()
+        manifest["sparse"] = sparse
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
@@ -237,13 +248,7 @@ def artifact_manifest(model: PreTrainedModel) -> dict | None:
         for alias, canonical in _shared(model).items()
         if fresh_shared.get(alias) != canonical
     }
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "weights": WEIGHTS_NAME,
-        "replacements": _replacements(model, fresh),
-        "shared": shared,
-    }
+    manifest = {**_plain_manifest(), "replacements": _replacements(model, fresh), "shared": shared}
     try:
         json.dumps(manifest)
     except TypeError as err:
@@ -254,11 +259,17 @@ def artifact_manifest(model: PreTrainedModel) -> dict | None:
     return None if plain else manifest
 
 
+def _plain_manifest() -> dict:
+    return {"format": FORMAT, "version": VERSION, "weights": WEIGHTS_NAME, "replacements": {}, "shared": {}}
+
+
 def _write_described(model: PreTrainedModel, manifest: dict, folder: Path) -> None:
     config = copy.deepcopy(model.config)
     config.dtype = model.dtype  # from_config builds in this dtype; other dtypes are restored per tensor
     config.save_pretrained(folder)
     tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in _stored(model).items()}
+    for key in manifest.get("sparse", {}):
+        tensors.update(_pack_sparse(key, tensors.pop(key)))
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -388,6 +399,55 @@ def _check_same_structure(model: nn.Module, rebuilt: nn.Module) -> None:
         )
 
 
+# ---------------------------------------------------------------- sparse tensors
+
+_NONZERO, _VALUES = "::nonzero", "::values"
+_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+SPARSE_MIN_SAVING = 0.10  # store compactly only when that saves at least this fraction of the tensor's bytes
+SPARSE_MIN_NUMEL = 1024
+
+
+def _sparse_keys(tensors: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Keys (-> shapes) of the floating tensors of two or more dimensions that the bitmask format stores in
+    at most 90% of their dense bytes."""
+    found = {}
+    for key, tensor in tensors.items():
+        if tensor.ndim < 2 or not tensor.is_floating_point() or tensor.numel() < SPARSE_MIN_NUMEL:
+            continue
+        nonzero = int(torch.count_nonzero(tensor.detach()))
+        dense = tensor.numel() * tensor.element_size()
+        if -(-tensor.numel() // 8) + nonzero * tensor.element_size() <= (1 - SPARSE_MIN_SAVING) * dense:
+            found[key] = list(tensor.shape)
+    return found
+
+
+def _pack_sparse(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    flat = tensor.flatten()
+    present = flat != 0
+    bits = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8)
+    bits[: flat.numel()] = present.to(torch.uint8)
+    packed = (bits.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+    return {key + _NONZERO: packed, key + _VALUES: flat[present].contiguous()}
+
+
+def _unpack_sparse(state: dict[str, torch.Tensor], sparse: dict[str, list[int]]) -> None:
+    """Replace each compactly stored key's two tensors by the dense tensor, in place."""
+    for key, shape in sparse.items():
+        try:
+            packed, values = state.pop(key + _NONZERO), state.pop(key + _VALUES)
+        except KeyError:
+            raise ConfigError(f"{MANIFEST_NAME}: sparse.{key}", shape, "tensors <key>::nonzero and <key>::values "
+                              "in the weights file") from None
+        numel = int(torch.Size(shape).numel())
+        present = ((packed.unsqueeze(1) & _BIT_WEIGHTS) != 0).flatten()[:numel]
+        if int(present.sum()) != values.numel():
+            raise ConfigError(f"{MANIFEST_NAME}: sparse.{key}", values.numel(),
+                              f"{int(present.sum())} values, one per set bit")
+        dense = torch.zeros(numel, dtype=values.dtype)
+        dense[present] = values
+        state[key] = dense.view(shape)
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -410,7 +470,7 @@ def load_student(path: str | Path, attn_implementation: str | None = None) -> Pr
         return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs).eval()
     manifest = _read_manifest(folder / MANIFEST_NAME)
     model = _rebuild(AutoConfig.from_pretrained(folder), manifest, **kwargs)
-    _load_weights(model, folder / manifest["weights"])
+    _load_weights(model, folder / manifest["weights"], manifest.get("sparse", {}))
     return model.eval()
 
 
@@ -429,7 +489,8 @@ def _read_manifest(file: Path) -> dict:
         raise ConfigError(
             f"{MANIFEST_NAME}: version", manifest.get("version"), f"{VERSION} (this slimnlp's format)"
         )
-    for key, kind in (("replacements", dict), ("shared", dict), ("weights", str)):
+    manifest.setdefault("sparse", {})  # absent in artifacts written before compact storage
+    for key, kind in (("replacements", dict), ("shared", dict), ("sparse", dict), ("weights", str)):
         if not isinstance(manifest.get(key), kind):
             raise ConfigError(f"{MANIFEST_NAME}: {key}", manifest.get(key), f"a {kind.__name__}")
     return manifest
@@ -505,13 +566,15 @@ def _sync_head_counts(model: nn.Module) -> None:
             module.all_head_size = width
 
 
-def _load_weights(model: nn.Module, file: Path) -> None:
-    """Strict: the file holds exactly the tensors the rebuilt model stores once; dtypes are the file's."""
+def _load_weights(model: nn.Module, file: Path, sparse: dict[str, list[int]]) -> None:
+    """Strict: the file holds exactly the tensors the rebuilt model stores once (compactly stored ones
+    expanded first); dtypes are the file's."""
     if not file.is_file():
         raise ConfigError(
             f"{MANIFEST_NAME}: weights", str(file), "an existing safetensors file in the artifact"
         )
     state = load_file(str(file))
+    _unpack_sparse(state, sparse)
     stored = _stored(model)
     expected = set(stored)
     unexpected = [k for k in state if k not in expected]

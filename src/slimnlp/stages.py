@@ -135,6 +135,7 @@ def train_stages(
         )
         steps += trainer.global_step
         student = technique.export_student()
+        metrics.update(technique.compression_metrics())
         if multi and not final:
             if is_rank_zero():
                 record.save(student, models.tokenizer, metrics, trainer.global_step)

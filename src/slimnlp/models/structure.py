@@ -130,3 +130,31 @@ def resized_config(
     for key in arch.follows_hidden:
         setattr(config, key, hidden_size)
     return config
+
+
+PRUNABLE_PARTS = ("encoder", "pooler", "classifier", "embeddings")
+
+
+def prunable_modules(model: PreTrainedModel, parts: tuple[str, ...] | list[str]) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of the weight matrices of the chosen parts: ``encoder`` (every Linear of the
+    transformer blocks: attention projections and FFN, the weights pruning papers count), ``pooler``,
+    ``classifier`` (Linears outside the base model) and ``embeddings`` (the embedding tables)."""
+    unknown = [p for p in parts if p not in PRUNABLE_PARTS]
+    if unknown or not parts:
+        raise ConfigError("technique.targets", list(parts), f"a non-empty subset of {list(PRUNABLE_PARTS)}")
+    base = backbone(model)
+    roots = {
+        "encoder": (encoder_layers(model), nn.Linear),
+        "pooler": (getattr(base, "pooler", None), nn.Linear),
+        "embeddings": (embeddings(model), nn.Embedding),
+    }
+    chosen: list[nn.Module] = []
+    for part in parts:
+        if part == "classifier":
+            inside = {id(m) for m in base.modules()}
+            chosen += [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside]
+        elif roots[part][0] is not None:
+            root, kind = roots[part]
+            chosen += [m for m in root.modules() if isinstance(m, kind)]
+    wanted = {id(m) for m in chosen}
+    return [(path, m) for path, m in model.named_modules() if id(m) in wanted]

@@ -14,7 +14,8 @@ never written into checkpoints, never wrapped by DDP. Subclasses write only what
 - ``parameter_groups()``: extra optimizer groups with their own settings (pruning scores: own LR, no decay);
 - ``compress(calibration)``: the whole job of a post-training technique (``Requirements(trains=False)``);
 - ``export_student()``: the model that is measured and saved (materialized, quantized …); it must save and
-  reload through ``slimnlp.artifacts`` (register a rebuilder for any module kind it introduces).
+  reload through ``slimnlp.artifacts`` (register a rebuilder for any module kind it introduces);
+- ``compression_metrics()``: ``compress/*`` figures measured on that export (its real sparsity …).
 
 Validation and test are shared: every technique is evaluated by the same code, which is what makes the
 comparison between techniques fair.
@@ -348,6 +349,11 @@ class Technique(L.LightningModule):
     def export_student(self) -> PreTrainedModel:
         """The model to measure and save. Default: the student as trained."""
         return self.student
+
+    def compression_metrics(self) -> Mapping[str, float]:
+        """``compress/*`` metrics measured on the exported student (read after ``export_student``: the sparsity
+        its weights really have, the heads it kept …), recorded in results. Default: none."""
+        return {}
 
     def trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """Student parameters plus the technique's own (projections …); never the teacher's."""
