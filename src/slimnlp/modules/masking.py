@@ -1,0 +1,169 @@
+"""Weight masks for unstructured pruning, as ``torch.nn.utils.parametrize`` parametrizations of ``weight``.
+
+A masked Linear computes with ``weight * mask`` on every forward; the mask comes from an importance score:
+
+- ``MagnitudeMask``: the top ``keep`` fraction of ``|W|`` (Zhu & Gupta 2017; recomputed from the current
+  weights at every forward, so a gradually pruned weight can come back while the level still allows it);
+- ``ScoreTopKMask``: the top ``keep`` fraction of learned scores ``S``, with the straight-through estimator
+  ``∂L/∂S = ∂L/∂M`` — movement pruning (Sanh et al. 2020), whose scores accumulate ``−W·∂L/∂W``;
+- ``ScoreThresholdMask``: ``σ(S) > τ`` with the same estimator — soft movement pruning, whose sparsity is
+  set by the L1 penalty on ``σ(S)`` rather than by a count.
+
+The level (``keep`` or ``τ``) is a buffer: a technique sets it every step from its schedule, and it travels
+in checkpoints with the scores, so a resumed or restored model masks exactly as it did. The mechanics
+follow the authors' ``emmental`` modules (``huggingface/transformers``,
+``examples/research_projects/movement-pruning``): top-k by sorting, ties broken by the sort; at least
+0.5% of a matrix survives a threshold. ``materialize`` removes the parametrizations, leaving plain
+``nn.Linear`` weights with the pruned entries set to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, autograd, nn
+from torch.nn.utils import parametrize
+
+# emmental's ThresholdBinarizer keeps at least this fraction of a matrix, so no layer is cut off entirely.
+MIN_KEPT_BY_THRESHOLD = 0.005
+
+
+def top_fraction(importance: Tensor, keep: float) -> Tensor:
+    """0/1 mask (importance's dtype) of the ``int(keep · numel)`` largest entries."""
+    k = int(keep * importance.numel())
+    mask = torch.zeros(importance.numel(), dtype=importance.dtype, device=importance.device)
+    if k > 0:
+        mask[torch.topk(importance.flatten(), k, sorted=False).indices] = 1.0
+    return mask.view_as(importance)
+
+
+def above(importance: Tensor, threshold: float) -> Tensor:
+    """0/1 mask of ``importance > threshold``, keeping at least 0.5% of the entries (the largest)."""
+    mask = (importance > threshold).to(importance.dtype)
+    at_least = int(MIN_KEPT_BY_THRESHOLD * importance.numel()) + 1
+    if mask.sum() < at_least:
+        return top_fraction(importance, at_least / importance.numel())
+    return mask
+
+
+class _StraightThroughTopK(autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, keep: float) -> Tensor:
+        return top_fraction(scores, keep)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class _StraightThroughThreshold(autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
+        return above(torch.sigmoid(scores), threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class WeightMask(nn.Module):
+    """Base parametrization: ``forward(W) = W · mask``; ``level`` is the fraction kept or the threshold."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.register_buffer("level", torch.tensor(float(level)))
+
+    def set_level(self, level: float) -> None:
+        self.level.fill_(float(level))
+
+    def mask(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def kept(self, weight: Tensor) -> int:
+        """Entries this mask keeps."""
+        return int(torch.count_nonzero(self.mask(weight)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask(weight)
+
+
+class TopFractionMask(WeightMask):
+    """Keep the ``level`` fraction of entries largest in ``importance``."""
+
+    def importance(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def kept(self, weight: Tensor) -> int:
+        return int(float(self.level) * weight.numel())
+
+
+class MagnitudeMask(TopFractionMask):
+    """Keep the ``level`` fraction of weights largest in magnitude."""
+
+    def __init__(self, level: float = 1.0) -> None:
+        super().__init__(level)
+
+    def importance(self, weight: Tensor) -> Tensor:
+        return weight.detach().abs()
+
+    def mask(self, weight: Tensor) -> Tensor:
+        return top_fraction(self.importance(weight), float(self.level))
+
+
+class ScoreTopKMask(TopFractionMask):
+    """Movement pruning: learned scores (``mask_init=constant``, ``mask_scale``: emmental's defaults 0), top
+    ``level`` fraction kept, straight-through gradient to the scores."""
+
+    def __init__(self, shape: torch.Size, init: float = 0.0, level: float = 1.0) -> None:
+        super().__init__(level)
+        self.scores = nn.Parameter(torch.full(tuple(shape), float(init)))
+
+    def importance(self, weight: Tensor) -> Tensor:
+        return self.scores.detach()
+
+    def mask(self, weight: Tensor) -> Tensor:
+        return _StraightThroughTopK.apply(self.scores, float(self.level))
+
+
+class ScoreThresholdMask(WeightMask):
+    """Soft movement pruning: keep ``σ(S) > level``; straight-through gradient to the scores."""
+
+    def __init__(self, shape: torch.Size, init: float = 0.0, level: float = 0.0) -> None:
+        super().__init__(level)
+        self.scores = nn.Parameter(torch.full(tuple(shape), float(init)))
+
+    def mask(self, weight: Tensor) -> Tensor:
+        return _StraightThroughThreshold.apply(self.scores, float(self.level))
+
+
+def add_mask(linear: nn.Linear, mask: WeightMask) -> WeightMask:
+    parametrize.register_parametrization(linear, "weight", mask)
+    return mask
+
+
+def masks_of(model: nn.Module) -> Iterator[tuple[str, WeightMask]]:
+    """``(path of the Linear, its mask)`` for every masked weight in ``model``."""
+    for path, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            for p in module.parametrizations.weight:
+                if isinstance(p, WeightMask):
+                    yield path, p
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """Fold every mask into its weight (``W · mask``, zeros where pruned) and drop masks and scores: the
+    model is a plain one again, of the same shape."""
+    for path, _ in list(masks_of(model)):
+        parametrize.remove_parametrizations(model.get_submodule(path), "weight", leave_parametrized=True)
+    return model
+
+
+def zero_fraction(weights: Iterable[Tensor]) -> float:
+    """Fraction of entries exactly zero over ``weights``: sparsity as measured, never as targeted."""
+    zeros = total = 0
+    for w in weights:
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / total if total else 0.0

@@ -1,0 +1,187 @@
+"""What every unstructured-pruning technique shares: masks on the chosen weights, the sparsity ramp, the
+optional distillation loss, and an export whose zeros are real.
+
+Fine-pruning as in Sanh et al. 2020 (and their ``masked_run_glue.py``): the pretrained encoder is fine-tuned
+on the task while its weights are masked; the fraction pruned follows the run's ``schedule`` group, read as
+*the fraction of the target reached* (``start=0, end=1``: from dense to ``sparsity``). Without a ``schedule``
+the ramp is the reference's cubic one, held dense for the first 10% of the steps and at the target for the last
+20% (``initial_warmup=1``, ``final_warmup=2`` LR-warm-up lengths in the reference scripts); ``schedule=constant``
+is one-shot pruning. The loss is the task's cross-entropy, plus — when ``distill`` (the published
+numbers are with KD) — ``α·CE + (1−α)·τ²·KL(p_T ‖ p_S)``, the reference's ``alpha_ce``/``alpha_distil``
+mix at its defaults (0.5/0.5, τ = 2).
+
+The masked model is never restored from an earlier, denser checkpoint (``select_best=False``): the model that
+is tested is the one at the final sparsity. ``export_student`` folds the masks into the weights (zeros), and
+the artifact stores sparse matrices compactly (``slimnlp.artifacts``), so ``eff/disk_bytes`` falls with the
+sparsity; ``compress/sparsity`` is measured on the exported weights, never copied from the target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimnlp.errors import ConfigError
+from slimnlp.losses.kd import kd_kl
+from slimnlp.models.structure import PRUNABLE_PARTS, prunable_modules
+from slimnlp.modules.masking import WeightMask, add_mask, masks_of, materialize, zero_fraction
+from slimnlp.schedules import Cubic, Schedule
+from slimnlp.techniques.base import Requirements, Stage, Technique
+from slimnlp.techniques.kd import check_kd_weights
+
+log = logging.getLogger(__name__)
+SCOPES = ("layer", "global")
+# The reference scripts' ramp: dense for initial_warmup, at the target for final_warmup (fractions of the run).
+DEFAULT_RAMP = Cubic(start=0.0, end=1.0, warmup=0.1, cooldown=0.2)
+
+
+def check_sparsity(sparsity: float, key: str = "technique.sparsity") -> None:
+    if not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(key, sparsity, "the fraction of weights removed, in [0, 1)")
+
+
+class Pruning(Technique):
+    """Base class: subclasses say which mask each target gets (``make_mask``) and how the level follows the
+    ramp (``set_ramp``); everything else is shared."""
+
+    def __init__(
+        self,
+        targets: Sequence[str] = ("encoder",),
+        distill: bool = True,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        schedule: Schedule | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        type(self).validate_hparams(**self.hparams)  # every level's keys, as the runner checks them
+        self.targets = tuple(targets)
+        self.distill, self.alpha, self.temperature = distill, alpha, temperature
+        self.schedule = schedule or DEFAULT_RAMP
+        self.pruned_paths: list[str] = []
+
+    @classmethod
+    def validate_hparams(
+        cls, targets: Sequence[str], distill: bool, alpha: float, temperature: float, **_: Any
+    ) -> None:
+        if not targets or any(t not in PRUNABLE_PARTS for t in targets):
+            raise ConfigError("technique.targets", list(targets), f"a non-empty subset of {list(PRUNABLE_PARTS)}")
+        if not isinstance(distill, bool):
+            raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
+        check_kd_weights(alpha, temperature)
+
+    @classmethod
+    def requirements(cls, distill: bool = True, **_: Any) -> Requirements:
+        return Requirements(teacher=distill, cacheable_teacher_logits=distill)
+
+    @classmethod
+    def stages(cls, **hparams: Any) -> list[Stage]:
+        return [Stage("prune", select_best=False)]
+
+    # ------------------------------------------------------------------ masks
+    def make_mask(self, weight: nn.Parameter) -> WeightMask:
+        raise NotImplementedError
+
+    def prepare_student(self) -> None:
+        for path, module in prunable_modules(self.student, self.targets):
+            add_mask(module, self.make_mask(module.weight))
+            self.pruned_paths.append(path)
+        log.info("pruning %d weight matrices (%s)", len(self.pruned_paths), ", ".join(self.targets))
+
+    def masks(self) -> list[WeightMask]:
+        return [mask for _, mask in masks_of(self.student)]
+
+    def ramp(self) -> float:
+        """Fraction of the target reached at the current step (1 once training is over)."""
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return self.schedule(min(self.global_step, total), total)
+
+    def set_ramp(self, fraction: float) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.set_ramp(self.ramp())
+
+    def on_train_end(self) -> None:
+        self.set_ramp(self.schedule(1, 1))
+
+    # ------------------------------------------------------------------ loss
+    def task_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits = self(batch)
+        ce = F.cross_entropy(logits, batch["labels"])
+        if not self.distill:
+            return {"loss": ce, "loss/ce": ce}
+        soft = kd_kl(logits, self.teacher_logits(batch), self.temperature)
+        return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, "loss/kd": soft}
+
+    def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        losses = self.task_loss(batch)
+        losses["prune/kept"] = torch.tensor(self.kept_fraction())
+        return losses
+
+    @torch.no_grad()
+    def kept_fraction(self) -> float:
+        """Fraction of the prunable weights the masks keep right now."""
+        kept = total = 0
+        for path in self.pruned_paths:
+            weights = self.student.get_submodule(path).parametrizations.weight
+            kept += weights[0].kept(weights.original)
+            total += weights.original.numel()
+        return kept / max(total, 1)
+
+    # ------------------------------------------------------------------ export
+    def export_student(self) -> nn.Module:
+        return materialize(self.student)
+
+    def compression_metrics(self) -> dict[str, float]:
+        weights = [self.student.get_submodule(p).weight for p in self.pruned_paths]
+        return {"compress/sparsity": zero_fraction(weights), "compress/pruned_matrices": float(len(weights))}
+
+
+def global_levels(importances: list[Tensor], keep: float) -> list[float]:
+    """Per-matrix kept fractions that keep, together, the ``keep`` fraction of all entries with the largest
+    importance (one ranking over every matrix: Sanh et al.'s ``--global_topk``)."""
+    flat = torch.cat([imp.flatten() for imp in importances])
+    k = int(keep * flat.numel())
+    if k >= flat.numel():
+        return [1.0] * len(importances)
+    if k <= 0:
+        return [0.0] * len(importances)
+    threshold = torch.kthvalue(flat, flat.numel() - k).values
+    return [float((imp > threshold).sum()) / imp.numel() for imp in importances]
+
+
+class TopKPruning(Pruning):
+    """Pruning to a target count: ``sparsity`` of the prunable weights removed at the end, ranked per matrix
+    (``scope=layer``, the reference default) or over all of them (``scope=global``)."""
+
+    def __init__(self, sparsity: float = 0.9, scope: str = "layer", **base: Any) -> None:
+        super().__init__(**base)
+        self.sparsity, self.scope = sparsity, scope
+
+    @classmethod
+    def validate_hparams(cls, sparsity: float, scope: str, **rest: Any) -> None:
+        check_sparsity(sparsity)
+        if scope not in SCOPES:
+            raise ConfigError("technique.scope", scope, f"allowed: {', '.join(SCOPES)}")
+        super().validate_hparams(**rest)
+
+    def set_ramp(self, fraction: float) -> None:
+        keep = 1.0 - self.sparsity * fraction
+        masks = self.masks()
+        if self.scope == "layer":
+            for mask in masks:
+                mask.set_level(keep)
+            return
+        weights = [self.student.get_submodule(p).parametrizations.weight.original for p in self.pruned_paths]
+        levels = global_levels([m.importance(w) for m, w in zip(masks, weights)], keep)
+        for mask, level in zip(masks, levels):
+            mask.set_level(level)
+
+    def compression_metrics(self) -> dict[str, float]:
+        return {**super().compression_metrics(), "compress/target_sparsity": self.sparsity}

@@ -1,0 +1,43 @@
+"""Pruning through train.py on the tiny setup: the target sparsity on the saved weights, an artifact that is
+smaller on disk and reloads to the tested numbers, the distillation switch, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import run_tiny
+
+from slimnlp.artifacts import artifact_bytes, load_student
+from slimnlp.errors import ConfigError
+from slimnlp.models.structure import prunable_modules
+from slimnlp.modules.masking import zero_fraction
+
+
+@pytest.mark.parametrize("technique", ["magnitude_pruning", "movement_pruning"])
+def test_pruned_runs_save_a_sparse_smaller_artifact_at_the_target(tiny_setup, technique):
+    name = f"prune_{technique}"
+    results = run_tiny(tiny_setup, name, f"technique={technique}", "technique.sparsity=0.9", "student=4L",
+                       "trainer.max_epochs=3")
+    m = results["metrics"]
+    student_dir = tiny_setup[0] / "outputs" / "runs" / name / "student"
+    reloaded = load_student(student_dir)
+    encoder = [mod.weight for _, mod in prunable_modules(reloaded, ["encoder"])]
+    assert m["compress/sparsity"] == pytest.approx(0.9, abs=0.005)
+    assert zero_fraction(encoder) == pytest.approx(m["compress/sparsity"], abs=1e-9)  # measured on what was saved
+    assert m["compress/target_sparsity"] == 0.9
+    assert m["eff/nonzero_params"] == sum(int(torch.count_nonzero(p)) for p in reloaded.parameters())
+    pruned = sum(int((w == 0).sum()) for w in encoder)
+    assert m["eff/params"] - m["eff/nonzero_params"] - pruned <= 32  # + the padding row of the embeddings
+    assert m["eff/disk_bytes"] == artifact_bytes(student_dir) < m["teacher/eff/disk_bytes"]
+    assert m["test/acc"] > 0  # tested as reloaded
+
+
+def test_pruning_without_distillation_needs_no_teacher_logits(tiny_setup):
+    results = run_tiny(tiny_setup, "prune_nokd", "technique=magnitude_pruning", "technique.distill=false",
+                       "technique.sparsity=0.5", "student=4L", "trainer.max_epochs=1")
+    assert results["metrics"]["compress/sparsity"] == pytest.approx(0.5, abs=0.005)
+
+
+def test_bad_sparsity_fails_in_one_line_before_training(tiny_setup):
+    with pytest.raises(ConfigError, match=r"technique\.sparsity.*1\.5"):
+        run_tiny(tiny_setup, "prune_bad", "technique=magnitude_pruning", "technique.sparsity=1.5")
