@@ -102,7 +102,9 @@ def test_global_levels_rank_all_matrices_together():
     small, large = torch.full((10, 10), 0.1), torch.full((10, 10), 5.0)
     large[0, 0] = 0.05
     levels = global_levels([small, large], keep=0.5)
-    assert levels == [0.0, 0.99]  # the 100 largest are all in `large` except its one tiny entry
+    assert levels == [0.01, 0.99]  # the 100 largest: 99 in `large`, then one of the 100 tied in `small`
+    tied = global_levels([torch.zeros(10, 10), torch.zeros(30, 10)], keep=0.25)  # scores before they move
+    assert tied == [0.25, 0.25]
 
 
 # ---------------------------------------------------------------- compact artifacts

@@ -29,9 +29,14 @@ from torch.nn.utils import parametrize
 MIN_KEPT_BY_THRESHOLD = 0.005
 
 
+def kept_count(keep: float, numel: int) -> int:
+    """``int(keep · numel)`` as the reference counts, robust to float error (0.99 · 100 is 98.99999…)."""
+    return int(round(keep * numel, 6))
+
+
 def top_fraction(importance: Tensor, keep: float) -> Tensor:
-    """0/1 mask (importance's dtype) of the ``int(keep · numel)`` largest entries."""
-    k = int(keep * importance.numel())
+    """0/1 mask (importance's dtype) of the ``kept_count(keep, numel)`` largest entries."""
+    k = kept_count(keep, importance.numel())
     mask = torch.zeros(importance.numel(), dtype=importance.dtype, device=importance.device)
     if k > 0:
         mask[torch.topk(importance.flatten(), k, sorted=False).indices] = 1.0
@@ -96,7 +101,7 @@ class TopFractionMask(WeightMask):
         raise NotImplementedError
 
     def kept(self, weight: Tensor) -> int:
-        return int(float(self.level) * weight.numel())
+        return kept_count(float(self.level), weight.numel())
 
 
 class MagnitudeMask(TopFractionMask):

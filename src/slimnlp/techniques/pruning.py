@@ -145,15 +145,19 @@ class Pruning(Technique):
 
 def global_levels(importances: list[Tensor], keep: float) -> list[float]:
     """Per-matrix kept fractions that keep, together, the ``keep`` fraction of all entries with the largest
-    importance (one ranking over every matrix: Sanh et al.'s ``--global_topk``)."""
+    importance (one ranking over every matrix: Sanh et al.'s ``--global_topk``). Entries tied at the cut
+    (learned scores all start equal) are shared out in proportion to each matrix's ties."""
     flat = torch.cat([imp.flatten() for imp in importances])
     k = int(keep * flat.numel())
     if k >= flat.numel():
         return [1.0] * len(importances)
     if k <= 0:
         return [0.0] * len(importances)
-    threshold = torch.kthvalue(flat, flat.numel() - k).values
-    return [float((imp > threshold).sum()) / imp.numel() for imp in importances]
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values  # the k-th largest
+    above = [int((imp > threshold).sum()) for imp in importances]
+    ties = [int((imp == threshold).sum()) for imp in importances]
+    left = k - sum(above)
+    return [(a + left * t / sum(ties)) / imp.numel() for a, t, imp in zip(above, ties, importances)]
 
 
 class TopKPruning(Pruning):
