@@ -41,3 +41,19 @@ def test_pruning_without_distillation_needs_no_teacher_logits(tiny_setup):
 def test_bad_sparsity_fails_in_one_line_before_training(tiny_setup):
     with pytest.raises(ConfigError, match=r"technique\.sparsity.*1\.5"):
         run_tiny(tiny_setup, "prune_bad", "technique=magnitude_pruning", "technique.sparsity=1.5")
+
+
+def test_a_crashed_movement_run_resumes_with_its_scores_and_level(tiny_setup):
+    every = "callbacks.last_checkpoint.every_n_train_steps=4"
+    common = ["technique=movement_pruning", "technique.sparsity=0.8", "student=2L", "seed=4",
+              "trainer.max_epochs=2", every]
+    reference = run_tiny(tiny_setup, "movement_whole", *common)
+    crash = ["+callbacks.crash._target_=helpers.CrashAtStep", "+callbacks.crash.step=6"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_tiny(tiny_setup, "movement_crashed", *common, *crash)
+    resumed = run_tiny(tiny_setup, "movement_relaunch", *common, "resume=true")
+    assert resumed["run_dir"].endswith("movement_crashed")  # continued in its own folder, mid-ramp
+    m, ref = resumed["metrics"], reference["metrics"]
+    assert m["train/optimizer_steps"] == ref["train/optimizer_steps"]
+    assert m["compress/sparsity"] == pytest.approx(0.8, abs=0.005)
+    assert m["test/acc"] == pytest.approx(ref["test/acc"], abs=0.01)
