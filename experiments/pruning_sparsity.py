@@ -10,6 +10,7 @@ with the default cubic ramp. Three seeds for the with-KD cells at 10% and 3% rem
 setting), one seed elsewhere. Soft movement has no sparsity target: its cells use the L1 weight λ listed in
 ``SOFT_LAMBDA`` and the table shows the sparsity each run came to. A finished cell (its ``results.json``) is
 never re-run, so the table fills over several sessions; ``--report-only`` rebuilds it from what exists.
+The report goes to ``experiments/pruning_sparsity/e<epochs>/``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
               "--group-by", "technique,technique.variant,technique.sparsity,technique.regularization,"
               "technique.distill",
               "--columns", "test/acc,test/f1,compress/sparsity,eff/disk_bytes,eff/latency_ms_b32,eff/speedup_b32",
-              "--out", str(REPO / "experiments" / "pruning_sparsity")]
+              "--out", str(REPO / "experiments" / "pruning_sparsity" / f"e{args.epochs}")]
     print("$", " ".join(report[1:]), flush=True)
     subprocess.run(report, cwd=REPO, check=False)
 
