@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction removed
 SOFT_LAMBDA = {"50": 1.0, "10": 10.0, "3": 50.0}  # first guesses, not yet calibrated; the measured sparsity is reported
 METHODS = ("magnitude", "movement", "soft")
+GROUP_BY = "technique,technique.variant,technique.sparsity,technique.regularization,technique.distill"
 
 
 def cells() -> dict[str, list[str]]:
@@ -68,8 +69,7 @@ def main() -> None:
             print("$", " ".join(command[1:]), flush=True)
             subprocess.run(command, cwd=REPO, check=False)
     report = [sys.executable, "-m", "slimnlp.report", str(args.out / f"e{args.epochs}"),
-              "--group-by", "technique,technique.variant,technique.sparsity,technique.regularization,"
-              "technique.distill",
+              "--group-by", GROUP_BY,
               "--columns", "test/acc,test/f1,compress/sparsity,eff/disk_bytes,eff/latency_ms_b32,eff/speedup_b32",
               "--out", str(REPO / "experiments" / "pruning_sparsity" / f"e{args.epochs}")]
     print("$", " ".join(report[1:]), flush=True)
