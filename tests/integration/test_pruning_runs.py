@@ -29,7 +29,6 @@ def test_pruned_runs_save_a_sparse_smaller_artifact_at_the_target(tiny_setup, te
     pruned = sum(int((w == 0).sum()) for w in encoder)
     assert m["eff/params"] - m["eff/nonzero_params"] - pruned <= 32  # + the padding row of the embeddings
     assert m["eff/disk_bytes"] == artifact_bytes(student_dir) < m["teacher/eff/disk_bytes"]
-    assert m["test/acc"] > 0  # tested as reloaded
 
 
 def test_pruning_without_distillation_needs_no_teacher_logits(tiny_setup):

@@ -8,6 +8,7 @@ architecture is one table row here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -135,13 +136,16 @@ def resized_config(
 PRUNABLE_PARTS = ("encoder", "pooler", "classifier", "embeddings")
 
 
-def prunable_modules(model: PreTrainedModel, parts: tuple[str, ...] | list[str]) -> list[tuple[str, nn.Module]]:
+def check_prunable_parts(parts: Sequence[str]) -> None:
+    if not parts or any(p not in PRUNABLE_PARTS for p in parts):
+        raise ConfigError("technique.targets", list(parts), f"a non-empty subset of {list(PRUNABLE_PARTS)}")
+
+
+def prunable_modules(model: PreTrainedModel, parts: Sequence[str]) -> list[tuple[str, nn.Module]]:
     """``(path, module)`` of the weight matrices of the chosen parts: ``encoder`` (every Linear of the
     transformer blocks: attention projections and FFN, the weights pruning papers count), ``pooler``,
     ``classifier`` (Linears outside the base model) and ``embeddings`` (the embedding tables)."""
-    unknown = [p for p in parts if p not in PRUNABLE_PARTS]
-    if unknown or not parts:
-        raise ConfigError("technique.targets", list(parts), f"a non-empty subset of {list(PRUNABLE_PARTS)}")
+    check_prunable_parts(parts)
     base = backbone(model)
     roots = {
         "encoder": (encoder_layers(model), nn.Linear),

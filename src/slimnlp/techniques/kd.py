@@ -27,6 +27,16 @@ def check_kd_weights(alpha: float, temperature: float, key: str = "technique") -
         raise ConfigError(f"{key}.temperature", temperature, "the softmax temperature must be > 0")
 
 
+def hinton_losses(
+    logits_S: Tensor, logits_T: Tensor, labels: Tensor, alpha: float, temperature: float
+) -> dict[str, Tensor]:
+    """``α·CE + (1−α)·τ²·KL(p_T^τ ‖ p_S^τ)`` with its parts, for every technique whose distillation is logits
+    only (``kd``, the pruning techniques' optional KD term)."""
+    ce = F.cross_entropy(logits_S, labels)
+    soft = kd_kl(logits_S, logits_T, temperature)
+    return {"loss": alpha * ce + (1.0 - alpha) * soft, "loss/ce": ce, "loss/kd": soft}
+
+
 class LogitKD(Technique):
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
         self.validate_hparams(alpha=alpha, temperature=temperature, loss=loss)
@@ -46,9 +56,8 @@ class LogitKD(Technique):
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits_S = self(batch)
         logits_T = self.teacher_logits(batch)
-        ce = F.cross_entropy(logits_S, batch["labels"])
         if self.loss_kind == "kl":
-            soft = kd_kl(logits_S, logits_T, self.temperature)
-        else:
-            soft = logits_mse(logits_S, logits_T)
+            return hinton_losses(logits_S, logits_T, batch["labels"], self.alpha, self.temperature)
+        ce = F.cross_entropy(logits_S, batch["labels"])
+        soft = logits_mse(logits_S, logits_T)
         return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, "loss/kd": soft}

@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.errors import ConfigError
-from slimnlp.losses.kd import kd_kl
-from slimnlp.models.structure import PRUNABLE_PARTS, prunable_modules
-from slimnlp.modules.masking import WeightMask, add_mask, masks_of, materialize, zero_fraction
+from slimnlp.models.structure import check_prunable_parts, prunable_modules
+from slimnlp.modules.masking import WeightMask, add_mask, materialize, zero_fraction
 from slimnlp.schedules import Cubic, Schedule
 from slimnlp.techniques.base import Requirements, Stage, Technique
-from slimnlp.techniques.kd import check_kd_weights
+from slimnlp.techniques.kd import check_kd_weights, hinton_losses
 
 log = logging.getLogger(__name__)
 SCOPES = ("layer", "global")
@@ -69,8 +68,7 @@ class Pruning(Technique):
     def validate_hparams(
         cls, targets: Sequence[str], distill: bool, alpha: float, temperature: float, **_: Any
     ) -> None:
-        if not targets or any(t not in PRUNABLE_PARTS for t in targets):
-            raise ConfigError("technique.targets", list(targets), f"a non-empty subset of {list(PRUNABLE_PARTS)}")
+        check_prunable_parts(targets)
         if not isinstance(distill, bool):
             raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
         check_kd_weights(alpha, temperature)
@@ -93,8 +91,13 @@ class Pruning(Technique):
             self.pruned_paths.append(path)
         log.info("pruning %d weight matrices (%s)", len(self.pruned_paths), ", ".join(self.targets))
 
+    def masked(self) -> list[tuple[WeightMask, Tensor]]:
+        """``(mask, unmasked weight)`` of every pruned matrix, in ``pruned_paths`` order."""
+        weights = [self.student.get_submodule(path).parametrizations.weight for path in self.pruned_paths]
+        return [(w[0], w.original) for w in weights]
+
     def masks(self) -> list[WeightMask]:
-        return [mask for _, mask in masks_of(self.student)]
+        return [mask for mask, _ in self.masked()]
 
     def ramp(self) -> float:
         """Fraction of the target reached at the current step (1 once training is over)."""
@@ -113,11 +116,10 @@ class Pruning(Technique):
     # ------------------------------------------------------------------ loss
     def task_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits = self(batch)
+        if self.distill:
+            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
         ce = F.cross_entropy(logits, batch["labels"])
-        if not self.distill:
-            return {"loss": ce, "loss/ce": ce}
-        soft = kd_kl(logits, self.teacher_logits(batch), self.temperature)
-        return {"loss": self.alpha * ce + (1.0 - self.alpha) * soft, "loss/ce": ce, "loss/kd": soft}
+        return {"loss": ce, "loss/ce": ce}
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         losses = self.task_loss(batch)
@@ -127,12 +129,9 @@ class Pruning(Technique):
     @torch.no_grad()
     def kept_fraction(self) -> float:
         """Fraction of the prunable weights the masks keep right now."""
-        kept = total = 0
-        for path in self.pruned_paths:
-            weights = self.student.get_submodule(path).parametrizations.weight
-            kept += weights[0].kept(weights.original)
-            total += weights.original.numel()
-        return kept / max(total, 1)
+        masked = self.masked()
+        kept = sum(mask.kept(weight) for mask, weight in masked)
+        return kept / max(sum(weight.numel() for _, weight in masked), 1)
 
     # ------------------------------------------------------------------ export
     def export_student(self) -> nn.Module:
@@ -177,14 +176,12 @@ class TopKPruning(Pruning):
 
     def set_ramp(self, fraction: float) -> None:
         keep = 1.0 - self.sparsity * fraction
-        masks = self.masks()
-        if self.scope == "layer":
-            for mask in masks:
-                mask.set_level(keep)
-            return
-        weights = [self.student.get_submodule(p).parametrizations.weight.original for p in self.pruned_paths]
-        levels = global_levels([m.importance(w) for m, w in zip(masks, weights)], keep)
-        for mask, level in zip(masks, levels):
+        masked = self.masked()
+        if self.scope == "global":
+            levels = global_levels([mask.importance(weight) for mask, weight in masked], keep)
+        else:
+            levels = [keep] * len(masked)
+        for (mask, _), level in zip(masked, levels):
             mask.set_level(level)
 
     def compression_metrics(self) -> dict[str, float]:
