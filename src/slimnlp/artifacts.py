@@ -512,7 +512,9 @@ def _rebuild(
             _set(model, path, _kind_for_entry(path, entry).build(entry["spec"]))
     for alias, canonical in manifest["shared"].items():
         _set(model, alias, _get(model, canonical, f"shared.{alias}"))
-    _sync_head_counts(model)
+    from slimnlp.models.surgery import sync_head_counts  # slimnlp.models imports this module
+
+    sync_head_counts(model)
     return model
 
 
@@ -537,33 +539,6 @@ def _set(model: nn.Module, path: str, value: nn.Module | torch.Tensor) -> None:
     except AttributeError:
         raise ConfigError(MANIFEST_NAME, path, "a path inside the model the config builds") from None
     setattr(parent, name, value)  # Module.__setattr__ registers modules, parameters and (existing) buffers
-
-
-_QUERY_NAMES = ("query", "q", "query_proj", "q_lin")
-_HEAD_COUNT_NAMES = ("num_attention_heads", "n_heads")
-
-
-def _sync_head_counts(model: nn.Module) -> None:
-    """Set attention modules' head counts from their (possibly sliced) query projection.
-
-    BERT/RoBERTa/ELECTRA read ``num_attention_heads``/``all_head_size`` only in ``__init__`` (forward reshapes
-    with ``-1`` heads), but MPNet's forward uses ``all_head_size`` and DeBERTa-v2's ``num_attention_heads``,
-    so a rebuilt model must not keep the config's full counts next to pruned projections.
-    """
-    for module in model.modules():
-        head_size = getattr(module, "attention_head_size", None)
-        query = next(
-            (getattr(module, n) for n in _QUERY_NAMES if isinstance(getattr(module, n, None), nn.Module)),
-            None,
-        )
-        width = getattr(query, "out_features", None)
-        if not isinstance(head_size, int) or not isinstance(width, int) or head_size <= 0:
-            continue
-        for name in _HEAD_COUNT_NAMES:
-            if isinstance(getattr(module, name, None), int):
-                setattr(module, name, width // head_size)
-        if isinstance(getattr(module, "all_head_size", None), int):
-            module.all_head_size = width
 
 
 def _load_weights(model: nn.Module, file: Path, sparse: dict[str, list[int]]) -> None:

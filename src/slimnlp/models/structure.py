@@ -22,6 +22,12 @@ class _Arch:
     layers: str  # path of the encoder's layer list inside the base model
     ffn_key: str = "intermediate_size"  # config key of the feed-forward width
     follows_hidden: tuple[str, ...] = ()  # other config keys that must equal hidden_size
+    # Inside one layer: the query/key/value projections (one row block per head), the attention output
+    # projection (one column block per head), and the FFN's two Linears (one row / one column per unit).
+    qkv: tuple[str, str, str] = ("attention.self.query", "attention.self.key", "attention.self.value")
+    attention_out: str = "attention.output.dense"
+    ffn: tuple[str, str] = ("intermediate.dense", "output.dense")
+    heads_removable: bool = True  # False: something outside the layer is shaped by the head count
 
 
 _ARCHS: dict[str, _Arch] = {
@@ -30,9 +36,17 @@ _ARCHS: dict[str, _Arch] = {
     "xlm-roberta": _Arch("encoder.layer"),
     "camembert": _Arch("encoder.layer"),
     "electra": _Arch("encoder.layer"),
-    "mpnet": _Arch("encoder.layer"),
-    "deberta-v2": _Arch("encoder.layer", follows_hidden=("pooler_hidden_size",)),
-    "distilbert": _Arch("transformer.layer", ffn_key="hidden_dim"),
+    "mpnet": _Arch("encoder.layer", qkv=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+                   attention_out="attention.attn.o",
+                   heads_removable=False),  # one relative-position bias [heads, T, T] computed for every layer
+    "deberta-v2": _Arch(
+        "encoder.layer", follows_hidden=("pooler_hidden_size",),
+        qkv=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+    ),
+    "distilbert": _Arch(
+        "transformer.layer", ffn_key="hidden_dim", qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        attention_out="attention.out_lin", ffn=("ffn.lin1", "ffn.lin2"),
+    ),
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_ARCHS)
 
@@ -88,6 +102,38 @@ def num_attention_heads(model: PreTrainedModel) -> int:
 def intermediate_size(model: PreTrainedModel) -> int:
     """Feed-forward width (``intermediate_size``; DistilBERT calls it ``hidden_dim``)."""
     return getattr(model.config, _arch(model.config).ffn_key)
+
+
+def set_intermediate_size(model: PreTrainedModel, width: int) -> None:
+    """Write the FFN width into the model's config (after every layer was sliced to it)."""
+    setattr(model.config, _arch(model.config).ffn_key, width)
+
+
+def head_size(model: PreTrainedModel) -> int:
+    """Width of one attention head (unchanged by head pruning, which removes whole heads)."""
+    return hidden_size(model) // num_attention_heads(model)
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """The Linears of one encoder layer that structured pruning slices (paths relative to the layer)."""
+
+    qkv: tuple[str, str, str]
+    attention_out: str
+    ffn_in: str
+    ffn_out: str
+
+
+def check_heads_removable(config: PretrainedConfig, key: str) -> None:
+    """Head pruning needs heads that only their own layer sees (MPNet's encoder shares one bias per head)."""
+    if not _arch(config).heads_removable:
+        removable = [name for name, arch in _ARCHS.items() if arch.heads_removable]
+        raise ConfigError(key, config.model_type, f"heads can be removed from: {', '.join(removable)}")
+
+
+def layer_parts(model: PreTrainedModel) -> LayerParts:
+    arch = _arch(model.config)
+    return LayerParts(qkv=arch.qkv, attention_out=arch.attention_out, ffn_in=arch.ffn[0], ffn_out=arch.ffn[1])
 
 
 @dataclass(frozen=True)
