@@ -56,3 +56,29 @@ def test_a_crashed_movement_run_resumes_with_its_scores_and_level(tiny_setup):
     assert m["train/optimizer_steps"] == ref["train/optimizer_steps"]
     assert m["compress/sparsity"] == pytest.approx(0.8, abs=0.005)
     assert m["test/acc"] == pytest.approx(ref["test/acc"], abs=0.01)
+
+
+def test_head_and_ffn_pruning_saves_a_sliced_student_that_reloads_to_the_tested_numbers(tiny_setup):
+    from slimnlp.models import structure, surgery
+
+    name = "prune_heads_ffn"
+    results = run_tiny(tiny_setup, name, "technique=head_pruning", "technique.head_sparsity=0.5",
+                       "technique.ffn_sparsity=0.5", "student=4L", "student.init_from=finetuned",
+                       "trainer.max_epochs=2")
+    m = results["metrics"]
+    reloaded = load_student(tiny_setup[0] / "outputs" / "runs" / name / "student")
+    layers = range(structure.num_layers(reloaded))
+    heads = sum(surgery.num_heads(reloaded, i) for i in layers)
+    units = sum(surgery.ffn_width(reloaded, i) for i in layers)
+    full_heads = structure.num_layers(reloaded) * structure.num_attention_heads(reloaded)
+    assert heads == m["compress/heads_kept"] == full_heads / 2
+    assert m["compress/ffn_kept_fraction"] == 0.5 and units == m["compress/ffn_units_kept"]
+    assert m["eff/disk_bytes"] < m["teacher/eff/disk_bytes"]
+    assert m["eff/params"] == sum(p.numel() for p in reloaded.parameters())
+    assert m["eff/flops"] < m["teacher/eff/flops"]
+
+
+def test_pruning_more_heads_than_exist_fails_in_one_line_before_training(tiny_setup):
+    with pytest.raises(ConfigError, match=r"technique\.head_sparsity.*every layer keeps one"):
+        run_tiny(tiny_setup, "prune_heads_bad", "technique=head_pruning", "technique.head_sparsity=0.95",
+                 "student=4L")

@@ -44,31 +44,18 @@ def check_sparsity(sparsity: float, key: str = "technique.sparsity") -> None:
         raise ConfigError(key, sparsity, "the fraction of weights removed, in [0, 1)")
 
 
-class Pruning(Technique):
-    """Base class: subclasses say which mask each target gets (``make_mask``) and how the level follows the
-    ramp (``set_ramp``); everything else is shared."""
+class DistilledPruning(Technique):
+    """What every pruning technique shares, structured or not: fine-tuning on the task with an optional
+    distillation term (``task_loss``), one ``prune`` stage whose final model is the one tested
+    (``select_best=False``: never an earlier, denser checkpoint)."""
 
-    def __init__(
-        self,
-        targets: Sequence[str] = ("encoder",),
-        distill: bool = True,
-        alpha: float = 0.5,
-        temperature: float = 2.0,
-        schedule: Schedule | None = None,
-        **base: Any,
-    ) -> None:
+    def __init__(self, distill: bool = True, alpha: float = 0.5, temperature: float = 2.0, **base: Any) -> None:
         super().__init__(**base)
         type(self).validate_hparams(**self.hparams)  # every level's keys, as the runner checks them
-        self.targets = tuple(targets)
         self.distill, self.alpha, self.temperature = distill, alpha, temperature
-        self.schedule = schedule or DEFAULT_RAMP
-        self.pruned_paths: list[str] = []
 
     @classmethod
-    def validate_hparams(
-        cls, targets: Sequence[str], distill: bool, alpha: float, temperature: float, **_: Any
-    ) -> None:
-        check_prunable_parts(targets)
+    def validate_hparams(cls, distill: bool, alpha: float, temperature: float, **_: Any) -> None:
         if not isinstance(distill, bool):
             raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
         check_kd_weights(alpha, temperature)
@@ -80,6 +67,31 @@ class Pruning(Technique):
     @classmethod
     def stages(cls, **hparams: Any) -> list[Stage]:
         return [Stage("prune", select_best=False)]
+
+    def task_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits = self(batch)
+        if self.distill:
+            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
+        ce = F.cross_entropy(logits, batch["labels"])
+        return {"loss": ce, "loss/ce": ce}
+
+
+class Pruning(DistilledPruning):
+    """Base class of unstructured pruning: subclasses say which mask each target gets (``make_mask``) and how
+    the level follows the ramp (``set_ramp``); everything else is shared."""
+
+    def __init__(
+        self, targets: Sequence[str] = ("encoder",), schedule: Schedule | None = None, **base: Any
+    ) -> None:
+        super().__init__(**base)
+        self.targets = tuple(targets)
+        self.schedule = schedule or DEFAULT_RAMP
+        self.pruned_paths: list[str] = []
+
+    @classmethod
+    def validate_hparams(cls, targets: Sequence[str], **rest: Any) -> None:
+        check_prunable_parts(targets)
+        super().validate_hparams(**rest)
 
     # ------------------------------------------------------------------ masks
     def make_mask(self, weight: nn.Parameter) -> WeightMask:
@@ -114,13 +126,6 @@ class Pruning(Technique):
         self.set_ramp(self.schedule(1, 1))
 
     # ------------------------------------------------------------------ loss
-    def task_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch)
-        if self.distill:
-            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
-        ce = F.cross_entropy(logits, batch["labels"])
-        return {"loss": ce, "loss/ce": ce}
-
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         losses = self.task_loss(batch)
         losses["prune/kept"] = torch.tensor(self.kept_fraction())
