@@ -82,3 +82,20 @@ def test_pruning_more_heads_than_exist_fails_in_one_line_before_training(tiny_se
     with pytest.raises(ConfigError, match=r"technique\.head_sparsity.*every layer keeps one"):
         run_tiny(tiny_setup, "prune_heads_bad", "technique=head_pruning", "technique.head_sparsity=0.95",
                  "student=4L")
+
+
+def test_layer_drop_trains_then_drop_layers_cuts_the_saved_run_deeper(tiny_setup):
+    """LayerDrop through train.py exports the Every Other 3 of 4 layers; drop_layers then cuts that saved run to
+    2 without training. FLOPs follow the depth."""
+    from slimnlp.models import structure
+
+    trained = run_tiny(tiny_setup, "layer_drop", "technique=layer_drop", "technique.depth=3", "student=4L",
+                       "trainer.max_epochs=1")
+    m = trained["metrics"]
+    assert m["compress/layers_kept"] == 3 == structure.num_layers(load_student(f"{trained['run_dir']}/student"))
+    assert m["eff/flops"] / m["teacher/eff/flops"] == pytest.approx(3 / 4, abs=0.02)
+    cut = run_tiny(tiny_setup, "layer_drop_cut", "technique=drop_layers", "technique.depth=2", "student=path",
+                   f"student.path={trained['run_dir']}")["metrics"]
+    assert cut["compress/layers_kept"] == 2 and cut["train/optimizer_steps"] == 0
+    assert cut["eff/flops"] / m["teacher/eff/flops"] == pytest.approx(2 / 4, abs=0.02)
+    assert cut["eff/disk_bytes"] < m["eff/disk_bytes"]

@@ -19,7 +19,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.models.students import layer_subset, resized
-from slimnlp.modules.theseus import compound_layers, lent_layers, sample_replacement
+from slimnlp.modules.theseus import compound_layers, sample_replacement
 from slimnlp.schedules import Constant, Linear
 from slimnlp.techniques.theseus import BertOfTheseus
 from slimnlp.techniques.tinybert import TinyBERT
@@ -328,7 +328,7 @@ def test_replacement_sampling_and_compound_layers():
 
 def test_lent_layers_restores_the_model_even_on_error(tiny_bert):
     own = structure.encoder_layers(tiny_bert)
-    with pytest.raises(KeyError), lent_layers(tiny_bert, nn.ModuleList(list(own)[:1])):
+    with pytest.raises(KeyError), structure.lent_layers(tiny_bert, nn.ModuleList(list(own)[:1])):
         assert structure.num_layers(tiny_bert) == 1
         raise KeyError("boom")
     assert structure.encoder_layers(tiny_bert) is own

@@ -8,7 +8,8 @@ architecture is one table row here.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import nn
@@ -71,6 +72,33 @@ def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     layers = backbone(model).get_submodule(_arch(model.config).layers)
     assert isinstance(layers, nn.ModuleList), type(layers)
     return layers
+
+
+def _layer_list_owner(model: PreTrainedModel) -> tuple[nn.Module, str]:
+    parent, _, name = _arch(model.config).layers.rpartition(".")
+    return backbone(model).get_submodule(parent) if parent else backbone(model), name
+
+
+def set_encoder_layers(model: PreTrainedModel, layers: Sequence[nn.Module]) -> None:
+    """Make ``layers`` the encoder's blocks for good, the config's depth following (layer dropping)."""
+    owner, name = _layer_list_owner(model)
+    setattr(owner, name, nn.ModuleList(layers))
+    model.config.num_hidden_layers = len(layers)
+
+
+@contextmanager
+def lent_layers(model: PreTrainedModel, layers: nn.ModuleList) -> Iterator[PreTrainedModel]:
+    """Run ``model`` with ``layers`` as its encoder layer list inside the block (HF encoders iterate their
+    ``ModuleList`` in ``forward``); the own list is put back on exit, also on error. The model is a plain HF
+    model before and after, so checkpoints never see the lent list; autograd does not care, so ``backward``
+    after the block reaches every layer used (BERT-of-Theseus's compound model, LayerDrop's sampled depth)."""
+    owner, name = _layer_list_owner(model)
+    own = getattr(owner, name)
+    setattr(owner, name, layers)
+    try:
+        yield model
+    finally:
+        setattr(owner, name, own)
 
 
 def layers_prefix(model: PreTrainedModel) -> str:

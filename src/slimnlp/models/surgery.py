@@ -124,3 +124,12 @@ def sync_head_counts(model: nn.Module) -> None:
                 setattr(module, name, width // head)
         if isinstance(getattr(module, "all_head_size", None), int):
             module.all_head_size = width
+
+
+def keep_layers(model: PreTrainedModel, keep: Sequence[int]) -> None:
+    """Keep encoder layers ``keep`` (ascending indices), removing the others; the config's depth follows, so
+    the saved folder reloads with plain ``from_pretrained``."""
+    layers = structure.encoder_layers(model)
+    if list(keep) != sorted(set(keep)) or not set(keep) <= set(range(len(layers))):
+        raise ValueError(f"layers to keep must be ascending distinct indices in 0..{len(layers) - 1}, got {keep}")
+    structure.set_encoder_layers(model, [layers[i] for i in keep])

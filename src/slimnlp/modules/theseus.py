@@ -6,21 +6,17 @@ layers ("predecessor modules"); successor module ``i`` is one compact layer that
 ``i``. Each training step draws ``r_i ~ Bernoulli(p)`` per successor and runs the compound encoder
 ``[scc_i if r_i else prd_i for i]``; at inference only successors run.
 
-The compound is built by lending a layer list to the model for one forward pass (HF encoders iterate their
-``ModuleList`` in ``forward``), so the model is a plain HF model before and after: checkpoints and
-``save_pretrained`` only ever see the successor layers.
+The compound is built by lending a layer list to the model for one forward pass (``structure.lent_layers``:
+HF encoders iterate their ``ModuleList`` in ``forward``), so the model is a plain HF model before and after:
+checkpoints and ``save_pretrained`` only ever see the successor layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-
-from slimnlp.models import structure
 
 
 def sample_replacement(
@@ -47,24 +43,3 @@ def compound_layers(
     for i, use_successor in enumerate(replaced):
         layers += [successors[i]] if use_successor else list(predecessors[i * k : (i + 1) * k])
     return nn.ModuleList(layers)
-
-
-@contextmanager
-def lent_layers(model: PreTrainedModel, layers: nn.ModuleList) -> Iterator[PreTrainedModel]:
-    """Run ``model`` with ``layers`` as its encoder layer list inside the block; the own list is put back on
-    exit (also on error). Autograd does not care, so ``backward`` after the block reaches every layer used."""
-    own = structure.encoder_layers(model)
-    parent, name = _owner(model, own)
-    setattr(parent, name, layers)
-    try:
-        yield model
-    finally:
-        setattr(parent, name, own)
-
-
-def _owner(model: nn.Module, child: nn.Module) -> tuple[nn.Module, str]:
-    for module in model.modules():
-        for name, candidate in module.named_children():
-            if candidate is child:
-                return module, name
-    raise ValueError("the layer list is not a submodule of the model")

@@ -44,7 +44,7 @@ from transformers import PreTrainedModel
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.modules.theseus import compound_layers, lent_layers, sample_replacement
+from slimnlp.modules.theseus import compound_layers, sample_replacement
 from slimnlp.schedules import Linear
 from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, Technique
 
@@ -184,7 +184,7 @@ class BertOfTheseus(Technique):
         successors = structure.encoder_layers(self.student)
         self._predecessors.train(self.student.training)
         layers = compound_layers(self._predecessors, successors, replaced)
-        with lent_layers(self.student, layers):
+        with structure.lent_layers(self.student, layers):
             return self.student(**model_inputs(batch)).logits
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
