@@ -99,3 +99,19 @@ def test_layer_drop_trains_then_drop_layers_cuts_the_saved_run_deeper(tiny_setup
     assert cut["compress/layers_kept"] == 2 and cut["train/optimizer_steps"] == 0
     assert cut["eff/flops"] / m["teacher/eff/flops"] == pytest.approx(2 / 4, abs=0.02)
     assert cut["eff/disk_bytes"] < m["eff/disk_bytes"]
+
+
+def test_a_lottery_ticket_run_records_every_round_and_tests_the_sparse_ticket(tiny_setup):
+    import json
+
+    results = run_tiny(tiny_setup, "lottery", "technique=lottery_ticket", "technique.rounds=2",
+                       "technique.sparsity=0.5", "student=4L", "trainer.max_epochs=1")
+    m, run_dir = results["metrics"], tiny_setup[0] / "outputs" / "runs" / "lottery"
+    rounds = [json.loads((run_dir / "stages" / f"round{i}" / "done.json").read_text())["metrics"] for i in (1, 2)]
+    assert [r["compress/sparsity"] for r in rounds] == [pytest.approx(0.25, abs=0.005), pytest.approx(0.5, abs=0.005)]
+    assert all("val/acc" in r for r in rounds)
+    assert m["compress/sparsity"] == pytest.approx(0.5, abs=0.005) and m["compress/round"] == 3
+    reloaded = load_student(run_dir / "student")
+    weights = [mod.weight for _, mod in prunable_modules(reloaded, ["encoder", "pooler"])]
+    assert zero_fraction(weights) == pytest.approx(m["compress/sparsity"], abs=1e-9)
+    assert m["eff/disk_bytes"] < m["teacher/eff/disk_bytes"]

@@ -7,7 +7,8 @@ A masked Linear computes with ``weight * mask`` on every forward; the mask comes
 - ``ScoreTopKMask``: the top ``keep`` fraction of learned scores ``S``, with the straight-through estimator
   ``∂L/∂S = ∂L/∂M`` — movement pruning (Sanh et al. 2020), whose scores accumulate ``−W·∂L/∂W``;
 - ``ScoreThresholdMask``: ``σ(S) > τ`` with the same estimator — soft movement pruning, whose sparsity is
-  set by the L1 penalty on ``σ(S)`` rather than by a count.
+  set by the L1 penalty on ``σ(S)`` rather than by a count;
+- ``FixedMask``: a 0/1 buffer found beforehand (a lottery ticket's mask between rounds).
 
 The level (``keep`` or ``τ``) is a buffer: a technique sets it every step from its schedule, and it travels
 in checkpoints with the scores, so a resumed or restored model masks exactly as it did. The mechanics
@@ -141,6 +142,17 @@ class ScoreThresholdMask(WeightMask):
 
     def mask(self, weight: Tensor) -> Tensor:
         return _StraightThroughThreshold.apply(self.scores, float(self.level))
+
+
+class FixedMask(WeightMask):
+    """A mask that training does not change: ``keep`` (0/1) as found before (a lottery ticket's round)."""
+
+    def __init__(self, keep: Tensor) -> None:
+        super().__init__(float(keep.float().mean()))
+        self.register_buffer("keep", keep.detach().clone().float())
+
+    def mask(self, weight: Tensor) -> Tensor:
+        return self.keep.to(weight.dtype)
 
 
 def add_mask(linear: nn.Linear, mask: WeightMask) -> WeightMask:
