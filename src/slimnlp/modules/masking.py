@@ -8,6 +8,7 @@ A masked Linear computes with ``weight * mask`` on every forward; the mask comes
   ``∂L/∂S = ∂L/∂M`` — movement pruning (Sanh et al. 2020), whose scores accumulate ``−W·∂L/∂W``;
 - ``ScoreThresholdMask``: ``σ(S) > τ`` with the same estimator — soft movement pruning, whose sparsity is
   set by the L1 penalty on ``σ(S)`` rather than by a count;
+- ``HardConcreteMask``: Louizos et al.'s stochastic L0 gates, sampled in training, deterministic in evaluation;
 - ``FixedMask``: a 0/1 buffer found beforehand (a lottery ticket's mask between rounds).
 
 The level (``keep`` or ``τ``) is a buffer: a technique sets it every step from its schedule, and it travels
@@ -20,6 +21,7 @@ follow the authors' ``emmental`` modules (``huggingface/transformers``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -142,6 +144,47 @@ class ScoreThresholdMask(WeightMask):
 
     def mask(self, weight: Tensor) -> Tensor:
         return _StraightThroughThreshold.apply(self.scores, float(self.level))
+
+
+class HardConcreteMask(WeightMask):
+    """L0 gates (Louizos, Welling & Kingma 2018, "Learning Sparse Neural Networks through L0 Regularization"):
+    one ``log α`` per weight; a training forward samples ``z = min(1, max(0, σ((log u − log(1−u) + log α)/β)
+    ·(r − l) + l))``, ``u ~ U(0, 1)``; ``P(z ≠ 0) = σ(log α − β log(−l/r))`` is the differentiable expected
+    L0; evaluation uses ``deterministic`` (Louizos et al.'s ``σ(log α)(r − l) + l`` leaves many gates fractional
+    but non-zero where the expected L0 is already low, so the count of expected zeros decides instead). ``l, r, β = −0.1, 1.1, 2/3`` and
+    the uniform's ε as in the authors' ``L0_regularization`` code (and CoFi's ``l0_module``)."""
+
+    LIMITS, BETA, EPSILON = (-0.1, 1.1), 2.0 / 3.0, 1e-6
+
+    def __init__(self, shape: torch.Size, init_drop: float = 0.05) -> None:
+        super().__init__(0.0)
+        mean = math.log(1 - init_drop) - math.log(init_drop)  # the authors' droprate_init → log α
+        self.log_alpha = nn.Parameter(torch.randn(tuple(shape)) * 1e-2 + mean)
+
+    def mask(self, weight: Tensor) -> Tensor:
+        if not self.training:
+            return self.deterministic().to(weight.dtype)
+        low, high = self.LIMITS
+        u = torch.empty_like(self.log_alpha).uniform_(self.EPSILON, 1 - self.EPSILON)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.BETA)
+        return (s * (high - low) + low).clamp(0.0, 1.0).to(weight.dtype)
+
+    def deterministic(self) -> Tensor:
+        """The test-time gates (evaluation and the export): 1 for the ``round(Σ P(z ≠ 0))`` largest ``log α``,
+        0 elsewhere — CoFi's count of expected zeros (its ``deterministic_z``), kept binary so the test-time
+        sparsity is the expected one and the export a plain sparse matrix."""
+        keep = round(float(self.expected_nonzero())) / self.log_alpha.numel()
+        return top_fraction(self.log_alpha.detach(), keep)
+
+    def expected_nonzero(self) -> Tensor:
+        """``Σ P(z ≠ 0)``: the expected number of weights this mask keeps."""
+        low, high = self.LIMITS
+        return torch.sigmoid(self.log_alpha - self.BETA * math.log(-low / high)).sum()
+
+    @torch.no_grad()
+    def kept(self, weight: Tensor) -> int:
+        """Weights the test-time gates keep."""
+        return int(torch.count_nonzero(self.deterministic()))
 
 
 class FixedMask(WeightMask):
