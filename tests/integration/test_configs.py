@@ -14,8 +14,9 @@ from slimnlp.build import STUDENT_RUNNER_KEYS, technique_hparams
 from slimnlp.config import compose_config, config_dir, group_options
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
-REQUIRED = {  # options with mandatory (???) values need one to compose
+REQUIRED = {  # options with mandatory values (??? or checked: one of two keys) need one to compose
     ("data", "local"): ["data.source.path=/tmp/x.csv"],
+    ("technique", "drop_layers"): ["technique.depth=2"],
     ("teacher", "path"): ["teacher.name_or_path=/tmp/teacher"],
     ("student", "path"): ["student.path=/tmp/student"],
 }

@@ -127,3 +127,16 @@ def test_l0_pruning_through_train_py_prunes_and_saves_what_it_measured(tiny_setu
     encoder = [mod.weight for _, mod in prunable_modules(reloaded, ["encoder"])]
     assert zero_fraction(encoder) == pytest.approx(m["compress/sparsity"], abs=1e-9)  # measured on what was saved
     assert 0.3 < m["compress/sparsity"] < 0.95 and m["compress/target_sparsity"] == 0.5
+
+
+def test_structured_movement_pruning_through_train_py_saves_the_sliced_model(tiny_setup):
+    from slimnlp.models import structure, surgery
+
+    results = run_tiny(tiny_setup, "prune_ffn_blocks", "technique=ffn_pruning", "technique.head_sparsity=0.5",
+                       "technique.ffn_sparsity=0.5", "technique.ffn_block=8", "student=4L", "trainer.max_epochs=2")
+    m = results["metrics"]
+    reloaded = load_student(tiny_setup[0] / "outputs" / "runs" / "prune_ffn_blocks" / "student")
+    layers = range(structure.num_layers(reloaded))
+    assert [surgery.num_heads(reloaded, i) for i in layers] == [2] * 4 and m["compress/heads_kept_fraction"] == 0.5
+    assert [surgery.ffn_width(reloaded, i) for i in layers] == [32] * 4 and m["compress/ffn_kept_fraction"] == 0.5
+    assert m["eff/flops"] < 0.6 * m["teacher/eff/flops"]

@@ -65,6 +65,12 @@ class _StraightThroughTopK(autograd.Function):
         return grad, None
 
 
+def straight_through_top_fraction(scores: Tensor, keep: float) -> Tensor:
+    """0/1 mask of the top ``keep`` fraction of ``scores`` whose gradient passes to the scores unchanged
+    (movement pruning's estimator), for scores outside a weight parametrization (head and unit scores)."""
+    return _StraightThroughTopK.apply(scores, float(keep))
+
+
 class _StraightThroughThreshold(autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
