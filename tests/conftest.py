@@ -125,3 +125,18 @@ def tiny_setup(tmp_path_factory, minilm_dir):
     corpus = write_corpus(root / "corpus.csv")
     teacher = save_tiny_teacher(root / "teacher_pretrained", minilm_dir)
     return root, corpus, teacher
+
+
+def tiny_encoder(kind: str, vocab_size: int):
+    """A 4-layer, 32-wide DistilBERT or MPNet classifier (the families whose layer and head code differ from BERT's)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig, MPNetConfig
+
+    torch.manual_seed(0)
+    if kind == "distilbert":
+        config = DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=4, n_heads=4, hidden_dim=64, num_labels=3,
+                                  max_position_embeddings=128)
+    else:
+        config = MPNetConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                             intermediate_size=64, num_labels=3, max_position_embeddings=130)
+    return AutoModelForSequenceClassification.from_config(config)

@@ -5,9 +5,9 @@ is a plain HF checkpoint, bad input fails early."""
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification, DistilBertConfig, MPNetConfig
+from transformers import AutoModelForSequenceClassification
 
-from conftest import technique_kwargs
+from conftest import technique_kwargs, tiny_encoder
 from slimnlp.artifacts import artifact_bytes, save_student
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
@@ -93,20 +93,9 @@ def test_validation_runs_the_exported_model_and_the_export_reloads_as_plain_hf(t
     torch.testing.assert_close(technique(tiny_batch).detach(), validated)  # after export: the cut student as is
 
 
-def _tiny(kind, vocab):
-    torch.manual_seed(0)
-    if kind == "distilbert":
-        config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=64, num_labels=3,
-                                  max_position_embeddings=128)
-    else:
-        config = MPNetConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                             intermediate_size=64, num_labels=3, max_position_embeddings=130)
-    return AutoModelForSequenceClassification.from_config(config)
-
-
 @pytest.mark.parametrize("kind", ["distilbert", "mpnet"])
 def test_lent_layers_equal_the_cut_model_in_other_families(kind, tokenizer, tiny_batch, tmp_path):
-    model = _tiny(kind, tokenizer.vocab_size).eval()
+    model = tiny_encoder(kind, tokenizer.vocab_size).eval()
     layers = structure.encoder_layers(model)
     with structure.lent_layers(model, torch.nn.ModuleList([layers[1], layers[2]])):
         lent = _logits(model, tiny_batch)

@@ -5,9 +5,9 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, DistilBertConfig, MPNetConfig
+from transformers import AutoModelForSequenceClassification
 
-from conftest import fit_steps, technique_kwargs
+from conftest import fit_steps, technique_kwargs, tiny_encoder
 from slimnlp.artifacts import artifact_bytes, load_student, save_student
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure, surgery
@@ -30,21 +30,10 @@ def _gate_some(gates, heads: bool = True):
     gates.units[3, :40] = 0
 
 
-def _tiny(kind, vocab):
-    torch.manual_seed(0)
-    if kind == "distilbert":
-        config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=64, num_labels=3,
-                                  max_position_embeddings=128)
-    else:
-        config = MPNetConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                             intermediate_size=64, num_labels=3, max_position_embeddings=130)
-    return AutoModelForSequenceClassification.from_config(config)
-
-
 @pytest.mark.parametrize("kind", ["bert", "distilbert", "mpnet"])
 def test_gated_heads_and_units_equal_the_sliced_model(kind, tiny_bert, tiny_batch, tokenizer):
     """Masked vs materialized: gate 0 computes what removing the head / unit computes (padding included)."""
-    model = tiny_bert if kind == "bert" else _tiny(kind, tokenizer.vocab_size)
+    model = tiny_bert if kind == "bert" else tiny_encoder(kind, tokenizer.vocab_size)
     gates = HeadAndUnitGates(model)
     _gate_some(gates, heads=kind != "mpnet")
     gates.attach(model)
@@ -90,7 +79,7 @@ def test_uniform_ffn_pruning_reloads_with_plain_from_pretrained(tiny_bert, tiny_
 
 def test_mpnet_heads_are_refused_before_training(tokenizer):
     """MPNet computes one relative-position bias per head for all layers: a sliced layer would not fit it."""
-    config = _tiny("mpnet", tokenizer.vocab_size).config
+    config = tiny_encoder("mpnet", tokenizer.vocab_size).config
     with pytest.raises(ConfigError, match=r"student\.model_type.*mpnet.*heads can be removed from: bert"):
         HeadPruning.check_models(ModelConfigs(config, None), head_sparsity=0.5)
     HeadPruning.check_models(ModelConfigs(config, None), head_sparsity=0.0, ffn_sparsity=0.5)

@@ -31,12 +31,11 @@ from transformers import PreTrainedModel
 
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.models.surgery import ffn_width, num_heads
 from slimnlp.modules.gates import HeadAndUnitGates
 from slimnlp.modules.masking import straight_through_top_fraction
 from slimnlp.schedules import Schedule
 from slimnlp.techniques.base import ModelConfigs
-from slimnlp.techniques.pruning import DEFAULT_RAMP, DistilledPruning, check_sparsity
+from slimnlp.techniques.pruning import DEFAULT_RAMP, DistilledPruning, check_sparsity, sliced_shape_metrics
 
 
 class FFNPruning(DistilledPruning):
@@ -141,12 +140,4 @@ class FFNPruning(DistilledPruning):
         return self.gates.materialize(self.student)
 
     def compression_metrics(self) -> dict[str, float]:
-        layers = range(structure.num_layers(self.student))
-        heads = sum(num_heads(self.student, i) for i in layers)
-        units = sum(ffn_width(self.student, i) for i in layers)
-        return {
-            "compress/heads_kept": float(heads),
-            "compress/heads_kept_fraction": heads / self.head_scores.numel(),
-            "compress/ffn_units_kept": float(units),
-            "compress/ffn_kept_fraction": units / (self.unit_scores.numel() * self.ffn_block),
-        }
+        return sliced_shape_metrics(self.student, self.head_scores.numel(), self.unit_scores.numel() * self.ffn_block)

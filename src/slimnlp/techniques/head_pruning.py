@@ -35,10 +35,9 @@ from transformers import PreTrainedModel
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.models.surgery import ffn_width, num_heads
 from slimnlp.modules.gates import HeadAndUnitGates
 from slimnlp.techniques.base import ModelConfigs
-from slimnlp.techniques.pruning import DistilledPruning
+from slimnlp.techniques.pruning import DistilledPruning, sliced_shape_metrics
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +196,4 @@ class HeadPruning(DistilledPruning):
         return self.gates.materialize(self.student)
 
     def compression_metrics(self) -> dict[str, float]:
-        layers = range(structure.num_layers(self.student))
-        heads = sum(num_heads(self.student, i) for i in layers)
-        units = sum(ffn_width(self.student, i) for i in layers)
-        return {
-            "compress/heads_kept": float(heads),
-            "compress/heads_kept_fraction": heads / self.gates.heads.numel(),
-            "compress/ffn_units_kept": float(units),
-            "compress/ffn_kept_fraction": units / self.gates.units.numel(),
-        }
+        return sliced_shape_metrics(self.student, self.gates.heads.numel(), self.gates.units.numel())

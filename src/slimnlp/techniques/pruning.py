@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.errors import ConfigError
-from slimnlp.models.structure import check_prunable_parts, prunable_modules
+from slimnlp.models.structure import check_prunable_parts, num_layers, prunable_modules
+from slimnlp.models.surgery import ffn_width, num_heads
 from slimnlp.modules.masking import WeightMask, add_mask, materialize, zero_fraction
 from slimnlp.schedules import Cubic, Schedule
 from slimnlp.techniques.base import Requirements, Stage, Technique
@@ -42,6 +43,19 @@ DEFAULT_RAMP = Cubic(start=0.0, end=1.0, warmup=0.1, cooldown=0.2)
 def check_sparsity(sparsity: float, key: str = "technique.sparsity") -> None:
     if not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
         raise ConfigError(key, sparsity, "the fraction of weights removed, in [0, 1)")
+
+
+def sliced_shape_metrics(model: nn.Module, heads_before: int, units_before: int) -> dict[str, float]:
+    """``compress/*`` of a model whose heads and FFN units were sliced out: what is left, counted on the modules."""
+    layers = range(num_layers(model))
+    heads = sum(num_heads(model, i) for i in layers)
+    units = sum(ffn_width(model, i) for i in layers)
+    return {
+        "compress/heads_kept": float(heads),
+        "compress/heads_kept_fraction": heads / heads_before,
+        "compress/ffn_units_kept": float(units),
+        "compress/ffn_kept_fraction": units / units_before,
+    }
 
 
 class DistilledPruning(Technique):
