@@ -61,12 +61,9 @@ class L0Pruning(Pruning):
     def make_mask(self, weight: nn.Parameter) -> HardConcreteMask:
         return HardConcreteMask(weight.shape, init_drop=self.init_drop).to(weight.device)
 
-    def gates(self) -> list[HardConcreteMask]:
-        return [mask for mask in self.masks() if isinstance(mask, HardConcreteMask)]
-
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [
-            {"params": [gate.log_alpha for gate in self.gates()], "lr": self.score_lr, "weight_decay": 0.0},
+            {"params": [gate.log_alpha for gate in self.masks()], "lr": self.score_lr, "weight_decay": 0.0},
             {"params": [self.lambdas], "lr": self.lagrangian_lr, "weight_decay": 0.0, "maximize": True},
         ]
 
@@ -74,7 +71,7 @@ class L0Pruning(Pruning):
         self.target = self.sparsity * fraction
 
     def expected_sparsity(self) -> Tensor:
-        gates = self.gates()
+        gates = self.masks()
         kept = torch.stack([gate.expected_nonzero() for gate in gates]).sum()
         return 1.0 - kept / sum(gate.log_alpha.numel() for gate in gates)
 

@@ -72,11 +72,17 @@ def check_layer_choice_fits(num_layers: int, depth: int | None, prune_layers: Se
             raise ConfigError("technique.prune_layers", list(prune_layers), f"fewer than all {num_layers} layers")
 
 
-def layers_to_prune(num_layers: int, depth: int | None, prune_layers: Sequence[int] | None) -> list[int]:
-    """The layers the cut removes (none when neither is given), ascending."""
+def layers_to_keep(num_layers: int, depth: int | None, prune_layers: Sequence[int] | None) -> list[int]:
+    """The layers the cut leaves (all when neither is given), ascending."""
     if prune_layers is not None:
-        return sorted(prune_layers)
-    return every_other(num_layers, depth) if depth is not None else []
+        pruned = set(prune_layers)
+    else:
+        pruned = set(every_other(num_layers, depth)) if depth is not None else set()
+    return [i for i in range(num_layers) if i not in pruned]
+
+
+def depth_metrics(model: PreTrainedModel) -> dict[str, float]:
+    return {"compress/layers_kept": float(structure.num_layers(model))}
 
 
 class LayerDrop(DistilledPruning):
@@ -88,9 +94,7 @@ class LayerDrop(DistilledPruning):
     ) -> None:
         super().__init__(**base)
         self.rate = rate
-        num_layers = structure.num_layers(self.student)
-        pruned = set(layers_to_prune(num_layers, depth, prune_layers))
-        self.kept_layers = [i for i in range(num_layers) if i not in pruned]
+        self.kept_layers = layers_to_keep(structure.num_layers(self.student), depth, prune_layers)
         self.exported = False
 
     @classmethod
@@ -148,7 +152,7 @@ class LayerDrop(DistilledPruning):
         return self.student
 
     def compression_metrics(self) -> dict[str, float]:
-        return {"compress/layers_kept": float(structure.num_layers(self.student))}
+        return depth_metrics(self.student)
 
 
 class DropLayers(Technique):
@@ -176,10 +180,9 @@ class DropLayers(Technique):
         check_layer_choice_fits(models.student.num_hidden_layers, depth, prune_layers)
 
     def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> Mapping[str, float]:
-        num_layers = structure.num_layers(self.student)
-        pruned = set(layers_to_prune(num_layers, self.depth, self.prune_layers))
-        surgery.keep_layers(self.student, [i for i in range(num_layers) if i not in pruned])
+        surgery.keep_layers(self.student, layers_to_keep(structure.num_layers(self.student), self.depth,
+                                                         self.prune_layers))
         return self.compression_metrics()
 
     def compression_metrics(self) -> dict[str, float]:
-        return {"compress/layers_kept": float(structure.num_layers(self.student))}
+        return depth_metrics(self.student)

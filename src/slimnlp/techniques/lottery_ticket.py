@@ -34,7 +34,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.modules.masking import FixedMask, add_mask, materialize, top_fraction, zero_fraction
 from slimnlp.techniques.base import Stage
-from slimnlp.techniques.pruning import DistilledPruning, check_sparsity, global_levels
+from slimnlp.techniques.pruning import DistilledPruning, check_sparsity, global_levels, masked_weights
 
 log = logging.getLogger(__name__)
 _MASKED = ".parametrizations.weight."
@@ -117,8 +117,7 @@ class LotteryTicket(DistilledPruning):
             self.pruned_paths.append(path)
 
     def masked(self) -> list[tuple[FixedMask, Tensor]]:
-        weights = [self.student.get_submodule(path).parametrizations.weight for path in self.pruned_paths]
-        return [(w[0], w.original) for w in weights]
+        return masked_weights(self.student, self.pruned_paths)
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -45,6 +45,12 @@ def check_sparsity(sparsity: float, key: str = "technique.sparsity") -> None:
         raise ConfigError(key, sparsity, "the fraction of weights removed, in [0, 1)")
 
 
+def masked_weights(model: nn.Module, paths: Sequence[str]) -> list[tuple[WeightMask, Tensor]]:
+    """``(mask, unmasked weight)`` of the masked Linears at ``paths``, in that order."""
+    weights = [model.get_submodule(path).parametrizations.weight for path in paths]
+    return [(w[0], w.original) for w in weights]
+
+
 def sliced_shape_metrics(model: nn.Module, heads_before: int, units_before: int) -> dict[str, float]:
     """``compress/*`` of a model whose heads and FFN units were sliced out: what is left, counted on the modules."""
     layers = range(num_layers(model))
@@ -119,8 +125,7 @@ class Pruning(DistilledPruning):
 
     def masked(self) -> list[tuple[WeightMask, Tensor]]:
         """``(mask, unmasked weight)`` of every pruned matrix, in ``pruned_paths`` order."""
-        weights = [self.student.get_submodule(path).parametrizations.weight for path in self.pruned_paths]
-        return [(w[0], w.original) for w in weights]
+        return masked_weights(self.student, self.pruned_paths)
 
     def masks(self) -> list[WeightMask]:
         return [mask for mask, _ in self.masked()]
