@@ -47,6 +47,22 @@ def finish_loggers(
                 if status == "success":
                     experiment.summary.update({**metrics, "warnings": list(warnings or [])})  # the run summary
                     experiment.log({"metrics_table": metrics_table(metrics)})  # one row per metric, searchable
-                experiment.finish(exit_code=0 if status == "success" else 1)  # writes (and syncs) the run
+                experiment.finish(exit_code=0 if status == "success" else 1)
+                _wait_for_wandb()
         except Exception:  # closing one logger must not hide the run's own error or skip the others
             log.exception("could not close logger %s", type(lg).__name__)
+
+
+def _wait_for_wandb() -> None:
+    """Block until W&B has written (offline) or uploaded (online) the finished run.
+
+    ``run.finish()`` only tells wandb-core the run is over (``inform_finish`` is fire-and-forget in wandb
+    0.31); the run's stream, and with it the offline transaction log, is flushed and closed later in the
+    service process, so a caller reading ``run-*.wandb`` or exiting a sweep worker right after ``train``
+    could see a header-only log. ``wandb.teardown()`` waits for the service to shut down, which closes every
+    stream. Skipped while the caller has another W&B run open (teardown would finish it too); the next run
+    starts a new service."""
+    import wandb
+
+    if wandb.run is None:
+        wandb.teardown()
