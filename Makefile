@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
 	HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install run test test-all clean
+.PHONY: install run test clean
 
 $(VENV)/.installed: pyproject.toml requirements/assets.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 run: install
 	$(OFFLINE) $(PY) train.py $(ARGS)
 
+# Two workers, one test module each at a time (a module shares one tiny teacher); the 20 slowest tests listed.
+TEST_WORKERS ?= 2
 test: install
-	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun

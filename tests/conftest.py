@@ -16,6 +16,13 @@ for _var, _val in {
 }.items():
     os.environ.setdefault(_var, _val)
 
+# Under pytest-xdist (`make test` runs two workers) each worker, and every train.py it starts, gets an equal
+# share of the cores: oversubscribed OpenMP threads spin against each other and slow every test down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
