@@ -37,7 +37,7 @@ from slimnlp.batch import model_inputs
 from slimnlp.metrics.efficiency import parameter_counts
 from slimnlp.metrics.energy import EnergyMeter
 from slimnlp.metrics.flops import flops_per_example
-from slimnlp.metrics.latency import interleaved_times_ms, percentiles, torch_threads
+from slimnlp.metrics.latency import inference_call, interleaved_times_ms, percentiles, torch_threads
 from slimnlp.metrics.memory import peak_memory_mb
 from slimnlp.metrics.onnx_runtime import OrtClassifier, export_onnx, max_logit_difference
 from slimnlp.models.loading import set_attention_implementation
@@ -45,14 +45,6 @@ from slimnlp.models.loading import set_attention_implementation
 log = logging.getLogger("slimnlp")
 PREFIX = {"student": "", "teacher": "teacher/"}
 RUNTIME_KEYS = {"torch": "eff/", "onnxruntime": "eff/ort/"}  # measure.runtimes -> metric group
-
-
-def _forward(model: nn.Module, inputs: Mapping[str, Tensor]) -> Callable[[], Any]:
-    def call() -> Any:
-        with torch.inference_mode():
-            return model(**inputs)
-
-    return call
 
 
 def _latencies(
@@ -134,7 +126,7 @@ def _inference_energy(
     metrics: dict[str, float] = {}
     examples = batch["input_ids"].shape[0] * passes
     for name, model in models.items():
-        call = _forward(model, model_inputs(batch))
+        call = inference_call(model, model_inputs(batch))
         with energy.task(f"infer_{name}") as used:
             for _ in range(passes):
                 call()
@@ -175,13 +167,13 @@ def measure_efficiency(
             if settings.flops:
                 metrics[f"{PREFIX[name]}eff/flops"] = flops_per_example(model, batches[min(batches)])
         calls = {
-            size: {name: _forward(model, model_inputs(batch)) for name, model in models.items()}
+            size: {name: inference_call(model, model_inputs(batch)) for name, model in models.items()}
             for size, batch in batches.items()
         }
         metrics.update(_latencies(calls, "torch", settings.repeats, settings.warmup, cuda))
         if settings.memory:
             for name, model in models.items():
-                call = _forward(model, model_inputs(largest))
+                call = inference_call(model, model_inputs(largest))
                 metrics[f"{PREFIX[name]}eff/peak_mem_mb"] = peak_memory_mb(call, cuda=cuda)
         if "onnxruntime" in settings.runtimes:
             cpu_models = {name: model.cpu() for name, model in models.items()}

@@ -78,6 +78,58 @@ def test_head_and_ffn_pruning_saves_a_sliced_student_that_reloads_to_the_tested_
     assert m["eff/flops"] < m["teacher/eff/flops"]
 
 
+def test_latency_target_pruning_meets_its_table_and_saves_the_sliced_student(tiny_setup, monkeypatch):
+    """Through train.py with a deterministic table (each removed head saves 2 ms and each removed FFN quarter
+    3 ms of a 100 ms model: a tiny model's real savings are noise) and a clock 10% slower than the table: the
+    run corrects until the clock meets the target, records target, prediction and clock, and the reloaded
+    student has the per-layer counts chosen."""
+    from slimnlp.models import structure, surgery
+    from slimnlp.models.latency_table import LatencyTable, ffn_grid
+    from slimnlp.techniques import latency_pruning
+
+    timed = {}
+
+    def linear_table(model, batch, ffn_levels, repeats, warmup=2, threads=None):
+        timed["batch"] = tuple(batch["input_ids"].shape)
+        heads, widths = structure.num_attention_heads(model), ffn_grid(structure.intermediate_size(model), ffn_levels)
+        return LatencyTable(100.0, 20.0, list(range(1, heads + 1)), [2.0 * (heads - k) for k in range(1, heads + 1)],
+                            widths, [3.0 * (len(widths) - 1 - i) for i in range(len(widths))])
+
+    def table_speedup(model) -> float:
+        heads = [surgery.num_heads(model, i) for i in range(structure.num_layers(model))]
+        units = [surgery.ffn_width(model, i) for i in range(structure.num_layers(model))]
+        return 100.0 / (100.0 - sum(2.0 * (4 - k) for k in heads) - sum(3.0 * (4 - u // 16) for u in units))
+
+    def clock(dense, sliced, batch, repeats, warmup=2, threads=None):  # the clock finds 10% less than the table
+        timed.setdefault("clock", []).append(0.9 * table_speedup(sliced))
+        return timed["clock"][-1]
+
+    monkeypatch.setattr(latency_pruning, "measure_latency_table", linear_table)
+    monkeypatch.setattr(latency_pruning, "measured_speedup", clock)
+    name = "latency_target"
+    results = run_tiny(tiny_setup, name, "technique=latency_pruning", "technique.target_speedup=1.5",
+                       "technique.ffn_levels=4", "technique.latency_batch_size=8", "student=4L",
+                       "student.init_from=finetuned", "trainer.max_epochs=1")
+    m = results["metrics"]
+    assert timed["batch"][0] == 8
+    # the clock fell short of the table, so the knapsack was solved again for more until it did not
+    assert len(timed["clock"]) >= 2 and timed["clock"][0] < 1.5 <= timed["clock"][-1]
+    assert m["compress/target_speedup"] == 1.5 and m["compress/measured_speedup"] == pytest.approx(timed["clock"][-1])
+    reloaded = load_student(tiny_setup[0] / "outputs" / "runs" / name / "student")
+    heads = [surgery.num_heads(reloaded, i) for i in range(structure.num_layers(reloaded))]
+    units = [surgery.ffn_width(reloaded, i) for i in range(structure.num_layers(reloaded))]
+    assert sum(heads) == m["compress/heads_kept"] and sum(units) == m["compress/ffn_units_kept"]
+    # the table's prediction for the saved shapes is the reported one, above the target by the shortfall
+    assert table_speedup(reloaded) == pytest.approx(m["compress/predicted_speedup"]) and m["compress/predicted_speedup"] >= 1.5 / 0.9 - 1e-6
+    assert m["eff/flops"] < m["teacher/eff/flops"]
+
+
+def test_an_unreachable_latency_target_fails_in_one_line_naming_what_the_machine_allows(tiny_setup):
+    with pytest.raises(ConfigError, match=r"technique\.target_speedup.*at most [0-9.]+x by this machine's latency"):
+        run_tiny(tiny_setup, "latency_unreachable", "technique=latency_pruning", "technique.target_speedup=50",
+                 "technique.distill=false", "student=4L", "trainer.max_epochs=1")
+
+
 def test_pruning_more_heads_than_exist_fails_in_one_line_before_training(tiny_setup):
     with pytest.raises(ConfigError, match=r"technique\.head_sparsity.*every layer keeps one"):
         run_tiny(tiny_setup, "prune_heads_bad", "technique=head_pruning", "technique.head_sparsity=0.95",

@@ -32,6 +32,16 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+def inference_call(model: torch.nn.Module, inputs: Mapping[str, Any]) -> Callable[[], Any]:
+    """A no-argument forward pass of ``model`` on ``inputs`` under ``inference_mode``: what is timed."""
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(**inputs)
+
+    return call
+
+
 def _time_cpu_ms(fn: Callable[[], Any]) -> float:
     import time
 

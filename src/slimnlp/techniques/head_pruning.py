@@ -137,9 +137,10 @@ class HeadPruning(DistilledPruning):
     def importance_batches(self) -> Iterable[Mapping[str, Tensor]]:
         return self.trainer.datamodule.calibration_dataloader(self.importance_examples)
 
-    def gate_gradients(self, batches: Iterable[Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
-        """``Σ_batches |∂L/∂gate| / tokens`` for heads and units (summed over DDP ranks): the reference's
-        unnormalized importance."""
+    def gate_gradients(self, batches: Iterable[Mapping[str, Tensor]], power: int = 1) -> tuple[Tensor, Tensor]:
+        """``Σ_batches |∂L/∂gate|^power / tokens`` for heads and units (summed over DDP ranks): with
+        ``power=1`` the reference's unnormalized importance; ``power=2`` is the empirical Fisher of the gates
+        (Kwon et al. 2022), whose sum estimates the loss increase of removing a set of them."""
         heads, units = torch.zeros_like(self.gates.heads), torch.zeros_like(self.gates.units)
         tokens = torch.zeros((), device=self.device)
         was_training = self.student.training
@@ -152,8 +153,8 @@ class HeadPruning(DistilledPruning):
                 logits = self.student(**model_inputs(batch)).logits
                 loss = F.cross_entropy(logits, batch["labels"])
                 grad_heads, grad_units = torch.autograd.grad(loss, [self.gates.heads, self.gates.units])
-                heads += grad_heads.abs()
-                units += grad_units.abs()
+                heads += grad_heads.abs() ** power
+                units += grad_units.abs() ** power
                 tokens += batch["attention_mask"].sum()
         finally:
             self.gates.heads.requires_grad_(False)
