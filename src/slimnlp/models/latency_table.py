@@ -95,12 +95,7 @@ def measure_latency_table(
     variants = {"layer": probe, "no_layer": no_layer}  # one layer at full width: what savings are measured from
     variants.update({f"heads:{k}": _sliced(probe, k, width) for k in head_widths[:-1]})
     variants.update({f"ffn:{f}": _sliced(probe, heads, f) for f in ffn_widths[:-1]})
-    inputs = model_inputs(batch)
-
-    calls = {"dense": inference_call(model.eval(), inputs), **{name: inference_call(m, inputs) for name, m in variants.items()}}
-    with torch_threads(threads):
-        times = interleaved_times_ms(calls, repeats=repeats, warmup=warmup)
-    median = {name: float(np.median(t)) for name, t in times.items()}
+    median = median_ms({"dense": model, **variants}, batch, repeats, warmup, threads)
     median[f"heads:{heads}"] = median[f"ffn:{width}"] = median["layer"]
     layer_ms = max(median["layer"] - median["no_layer"], 0.0)
     head_saving = monotone_savings([median["layer"] - median[f"heads:{k}"] for k in head_widths])
@@ -126,8 +121,20 @@ def measured_speedup(
     threads: int | None = None,
 ) -> float:
     """``reference``'s median latency over ``model``'s on ``batch``, the two timed in interleaved rounds."""
+    median = median_ms({"reference": reference, "model": model}, batch, repeats, warmup, threads)
+    return median["reference"] / median["model"]
+
+
+def median_ms(
+    models: Mapping[str, PreTrainedModel],
+    batch: Mapping[str, Tensor],
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+) -> dict[str, float]:
+    """Median milliseconds of each model's forward pass on ``batch`` (eval mode), timed in interleaved rounds."""
     inputs = model_inputs(batch)
     with torch_threads(threads):
-        times = interleaved_times_ms({"reference": inference_call(reference.eval(), inputs),
-                                      "model": inference_call(model.eval(), inputs)}, repeats=repeats, warmup=warmup)
-    return float(np.median(times["reference"]) / np.median(times["model"]))
+        times = interleaved_times_ms({name: inference_call(m.eval(), inputs) for name, m in models.items()},
+                                     repeats=repeats, warmup=warmup)
+    return {name: float(np.median(t)) for name, t in times.items()}
