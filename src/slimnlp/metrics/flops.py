@@ -7,7 +7,10 @@ counted, as in the papers' FLOPs tables.
 
 The CPU ``sdpa`` kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) has no formula in torch, so a
 BERT under the default attention would lose its ``4·n²·H`` attention FLOPs per layer; we register the same
-formula torch uses for its CUDA flash/efficient kernels (``flop_counter.sdpa_flop``).
+formula torch uses for its CUDA flash/efficient kernels (``flop_counter.sdpa_flop``). Likewise torch's int8
+``quantized::linear_dynamic`` and the ``aten._int_mm`` that torchao's int8 Linear runs (a quantized student's
+Linears) count ``2·rows·in·out``: an integer multiply-add is counted as a float one is, so quantization leaves
+the FLOPs unchanged and shows in latency and bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,24 @@ if _CPU_SDPA is not None and _CPU_SDPA not in flop_counter.flop_registry:
     @flop_counter.register_flop_formula(_CPU_SDPA)
     def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_INT8_LINEAR = torch.ops.quantized.linear_dynamic
+if _INT8_LINEAR not in flop_counter.flop_registry:
+
+    @flop_counter.register_flop_formula(_INT8_LINEAR)
+    def _int8_linear_flop(input_shape, packed, reduce_range=False, *args, out_shape=None, **kwargs) -> int:
+        rows = 1
+        for size in input_shape[:-1]:
+            rows *= size
+        return 2 * rows * input_shape[-1] * out_shape[-1]
+
+
+if _aten._int_mm not in flop_counter.flop_registry:
+
+    @flop_counter.register_flop_formula(_aten._int_mm)
+    def _int_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
 @torch.inference_mode()

@@ -42,7 +42,7 @@ def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
     return sliced
 
 
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+def replace_module(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
@@ -75,8 +75,8 @@ def prune_heads(model: PreTrainedModel, layer: int, heads: Sequence[int]) -> Non
     index = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept])
     block = structure.encoder_layers(model)[layer]
     for path in parts.qkv:
-        _replace(block, path, sliced_linear(block.get_submodule(path), rows=index))
-    _replace(block, parts.attention_out, sliced_linear(block.get_submodule(parts.attention_out), cols=index))
+        replace_module(block, path, sliced_linear(block.get_submodule(path), rows=index))
+    replace_module(block, parts.attention_out, sliced_linear(block.get_submodule(parts.attention_out), cols=index))
     sync_head_counts(block)
 
 
@@ -90,8 +90,8 @@ def prune_ffn_units(model: PreTrainedModel, layer: int, units: Sequence[int]) ->
         return
     index = torch.tensor([u for u in range(width) if u not in drop], dtype=torch.long)
     block = structure.encoder_layers(model)[layer]
-    _replace(block, parts.ffn_in, sliced_linear(block.get_submodule(parts.ffn_in), rows=index))
-    _replace(block, parts.ffn_out, sliced_linear(block.get_submodule(parts.ffn_out), cols=index))
+    replace_module(block, parts.ffn_in, sliced_linear(block.get_submodule(parts.ffn_in), rows=index))
+    replace_module(block, parts.ffn_out, sliced_linear(block.get_submodule(parts.ffn_out), cols=index))
 
 
 def sync_config(model: PreTrainedModel) -> None:
