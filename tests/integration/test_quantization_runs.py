@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from slimnlp.artifacts import WEIGHTS_NAME, load_student
 from slimnlp.errors import ConfigError
+from slimnlp.modules.codebook import CodebookLinear
 from slimnlp.modules.quantization import QuantizedLinear
 
 ENCODER_LINEARS = 4 * 6  # the tiny teacher's 4 layers: Q, K, V, attention output, FFN in and out
@@ -58,6 +59,20 @@ def test_dynamic_int8_saves_an_int8_artifact_that_reloads_exactly(tiny_setup, ba
     assert m["fidelity/agreement"] >= 0.9
 
 
+def test_int8_embeddings_shrink_the_whole_artifact(tiny_setup):
+    results = run_tiny(tiny_setup, "ptq_emb", "technique=ptq_dynamic", "technique.targets=[encoder,embeddings]",
+                       "student=4L", "student.init_from=finetuned")
+    m = results["metrics"]
+    student_dir = tiny_setup[0] / "outputs" / "runs" / "ptq_emb" / "student"
+    assert m["compress/quantized_embeddings"] == 3  # word, position, token type
+    assert m["eff/disk_compression"] >= 2.5  # the tiny model is mostly its embedding table (+ tokenizer files)
+    assert m["eff/params"] == m["teacher/eff/params"]
+    assert m["eff/params_nonembedding"] == m["teacher/eff/params_nonembedding"]
+    a, b = reloaded_logits(student_dir)
+    assert torch.equal(a, b)
+    assert m["fidelity/agreement"] >= 0.9
+
+
 @pytest.mark.parametrize(
     ("bits", "granularity", "kernel", "bytes_per_fp32_byte"),
     # codes: bits/8 bytes per weight; scales: one fp32 per row of >= 32 inputs, per matrix, or per 16 weights
@@ -98,6 +113,19 @@ def test_ternary_stores_twn_codes_two_bits_each(tiny_setup):
     assert m["test/acc"] > 0.4
 
 
+def test_gobo_codes_the_encoder_to_three_bits_with_few_outliers(tiny_setup):
+    results = run_tiny(tiny_setup, "gobo", "technique=gobo", "student=4L", "student.init_from=finetuned")
+    m = results["metrics"]
+    student_dir = tiny_setup[0] / "outputs" / "runs" / "gobo" / "student"
+    layers = [mod for mod in load_student(student_dir).modules() if isinstance(mod, CodebookLinear)]
+    assert len(layers) == ENCODER_LINEARS == m["compress/quantized_layers"]
+    assert 0 < m["compress/outlier_fraction"] < 0.01  # a Gaussian's tails beyond log-density -4
+    assert m["compress/quantized_weight_compression"] > 8  # 3 bits + outliers (8 bytes each) vs 32 bits
+    assert m["eff/params"] == m["teacher/eff/params"] and m["train/optimizer_steps"] == 0
+    a, b = reloaded_logits(student_dir)
+    assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["technique=qat", "technique.bits=3"], r"technique\.bits.*3.*one of \[8, 4, 2\]"),
@@ -105,6 +133,8 @@ def test_ternary_stores_twn_codes_two_bits_each(tiny_setup):
       r"technique\.group_size.*24.*divisor of student\.hidden_size = 32"),
      (["technique=qat", "technique.granularity=per_row"], r"technique\.granularity.*per_row"),
      (["technique=ptq_dynamic", "technique.backend=onnx"], r"technique\.backend.*onnx"),
+     (["technique=gobo", "technique.bits=0"], r"technique\.bits.*0"),
+     (["technique=gobo", "technique.targets=[embeddings]"], r"technique\.targets.*Linears only"),
      (["technique=qat", "technique.bits=4", "technique.kernel=fbgemm"], r"technique\.kernel.*fbgemm")],
 )
 def test_bad_quantization_settings_fail_in_one_line_before_training(tiny_setup, overrides, message):

@@ -103,7 +103,7 @@ def test_every_kernel_computes_the_quantized_linear(kernel, bits, granularity, g
     linear = nn.Linear(64, 24)
     q = QuantizedLinear.from_linear(linear, bits=bits, granularity=granularity, group_size=group_size, kernel=kernel)
     x = torch.randn(3, 5, 64)
-    exact = nn.functional.linear(x, q.dequantized_weight(), linear.bias)  # the quantized weights, float math
+    exact = nn.functional.linear(x, q.dense_weight(), linear.bias)  # the quantized weights, float math
     with torch.no_grad():
         assert (q(x) - exact).abs().max() < 0.05  # int8 kernels also round the activations
         if bits == 8:
@@ -165,3 +165,32 @@ def test_a_quantized_bert_saves_small_and_reloads_to_the_same_logits(tmp_path, k
     assert fp32 / (codes + scales) >= (3.0 if bits == 8 else 1.0)
     if bits == 2:
         assert codes + scales <= fp32 / 14 + scales  # the bound: 1/14 of fp32 plus the scales
+
+
+def test_gobo_keeps_gaussian_outliers_exact_and_codes_the_rest_to_eight_centroids(tmp_path):
+    from slimnlp.modules.codebook import CodebookLinear, gaussian_outliers, pack_planes, unpack_planes
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.05)
+        linear.weight[0, :3] = torch.tensor([0.6, -0.7, 0.8])  # far outside the Gaussian
+    coded = CodebookLinear.from_linear(linear, bits=3, log_prob_threshold=-4.0)
+    outliers = gaussian_outliers(linear.weight, -4.0)
+    assert bool(outliers[0, :3].all()) and coded.outlier_positions.numel() == int(outliers.sum())
+    decoded = coded.dense_weight()
+    assert torch.equal(decoded[outliers], linear.weight.detach()[outliers])  # outliers kept in fp32
+    assert decoded[~outliers].unique().numel() <= 8
+    # each Gaussian weight went to its nearest centroid
+    nearest = (linear.weight.detach()[~outliers][:, None] - coded.centroids[None]).abs().min(dim=1).values
+    assert torch.allclose((decoded[~outliers] - linear.weight.detach()[~outliers]).abs(), nearest)
+    index = torch.randint(0, 8, (1001,))
+    assert torch.equal(unpack_planes(pack_planes(index, 3), 1001), index)
+    assert coded.planes.numel() == 3 * 64 * 48 // 8  # three bits per weight
+    model = tiny_bert()
+    for path, lin in prunable_modules(model, ["encoder"]):
+        replace_module(model, path, CodebookLinear.from_linear(lin))
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert torch.equal(load_student(save_student(model, tmp_path / "g"))(input_ids=ids).logits, before)

@@ -6,9 +6,9 @@
   (the survey's and Kaplan et al.'s "non-embedding parameters");
 - ``nonzero_params``: entries that are not zero, what unstructured pruning removes.
 
-A quantized Linear (``QuantizedLinear``) stores its weight as integer codes in buffers: its weights count as
-parameters all the same (quantization changes their width, measured in bytes, not their number), and a zero
-code as a zero entry.
+A quantized Linear (``QuantizedLinear``, ``QuantizedEmbedding``, GOBO's ``CodebookLinear``) stores its weight as codes in buffers: its
+weights count as parameters all the same (quantization changes their width, measured in bytes, not their
+number), and a weight that decodes to zero as a zero entry.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimnlp.modules.quantization import QuantizedLinear
+from slimnlp.modules.codebook import CodebookLinear
+from slimnlp.modules.quantization import QuantizedEmbedding, QuantizedLinear
 
 
 def parameter_counts(model: nn.Module) -> dict[str, float]:
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     params = list(model.parameters())
-    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear | CodebookLinear | QuantizedEmbedding)]
     integer = sum(m.num_weights for m in quantized)
-    nonzero_codes = sum(int(torch.count_nonzero(m.int_codes())) for m in quantized)
+    integer_embedding = sum(m.num_weights for m in quantized if isinstance(m, QuantizedEmbedding))
+    nonzero_codes = sum(int(torch.count_nonzero(m.dense_weight())) for m in quantized)
     return {
         "params": float(sum(p.numel() for p in params) + integer),
-        "params_nonembedding": float(sum(p.numel() for p in params if id(p) not in embedding) + integer),
+        "params_nonembedding": float(
+            sum(p.numel() for p in params if id(p) not in embedding) + integer - integer_embedding),
         "nonzero_params": float(sum(int(p.count_nonzero()) for p in params) + nonzero_codes),
     }

@@ -266,7 +266,7 @@ class QuantizedLinear(nn.Module):
     def int_codes(self) -> Tensor:
         return self.codes if self.bits == 8 else unpack(self.codes, self.bits, self.in_features)
 
-    def dequantized_weight(self) -> Tensor:
+    def dense_weight(self) -> Tensor:
         return dequantize(self.int_codes(), self.scale)
 
     @property
@@ -304,7 +304,7 @@ class QuantizedLinear(nn.Module):
 
             return Int8Tensor(self.codes, self.scale.reshape(-1, 1), [1, self.in_features], torch.float32,
                               act_quant_kwargs=QuantizeTensorToInt8Kwargs(granularity=PerRow()))
-        return self.dequantized_weight()
+        return self.dense_weight()
 
     def forward(self, x: Tensor) -> Tensor:
         if self._runtime is None:
@@ -319,3 +319,42 @@ class QuantizedLinear(nn.Module):
         group = f", group_size={self.group_size}" if self.granularity == "group" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"granularity={self.granularity}{group}, kernel={self.kernel}")
+
+
+@register_module_kind("quantized_embedding")
+class QuantizedEmbedding(nn.Module):
+    """An embedding table as int8 rows with one fp32 scale per row (symmetric, per row as for weights); a lookup
+    gathers the int8 rows and scales them, so the table stays int8 in memory as on disk."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings, 1))
+
+    @classmethod
+    @torch.no_grad()
+    def from_embedding(cls, embedding: nn.Embedding) -> QuantizedEmbedding:
+        q = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
+        scale = symmetric_scale(embedding.weight, 8, "per_channel")
+        q.codes.copy_(quantize(embedding.weight, scale, 8))
+        q.scale.copy_(scale)
+        return q
+
+    def artifact_spec(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx}
+
+    @classmethod
+    def from_artifact_spec(cls, spec: dict) -> QuantizedEmbedding:
+        return cls(int(spec["num_embeddings"]), int(spec["embedding_dim"]), spec.get("padding_idx"))
+
+    @property
+    def num_weights(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
+    def dense_weight(self) -> Tensor:
+        return dequantize(self.codes, self.scale)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.codes).float() * F.embedding(ids, self.scale)

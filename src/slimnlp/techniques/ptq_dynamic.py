@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from slimnlp.errors import ConfigError
 from slimnlp.modules.quantization import QuantizedLinear
 from slimnlp.techniques.base import Requirements, Technique
-from slimnlp.techniques.quantization import check_targets, quantization_metrics, replace_all, target_linears
+from slimnlp.techniques.quantization import (
+    check_targets,
+    int8_embeddings,
+    quantization_metrics,
+    replace_all,
+    target_linears,
+)
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch_ao", "torchao")
@@ -82,8 +88,10 @@ class DynamicQuantization(Technique):
         """Dynamic quantization reads no data: ``calibration`` is not used."""
         linears = target_linears(self.student, self.targets)
         self.student.cpu()  # both backends' int8 kernels are CPU kernels
-        replace_all(self.student, {path: CONVERTERS[self.backend](m) for path, m in linears})
-        log.info("ptq_dynamic: %d Linears to int8 with %s", len(linears), self.backend)
+        tables = int8_embeddings(self.student, self.targets)
+        replace_all(self.student, {path: CONVERTERS[self.backend](m) for path, m in linears} | tables)
+        log.info("ptq_dynamic: %d Linears to int8 with %s, %d embedding tables to int8", len(linears), self.backend,
+                 len(tables))
         return {}
 
     def compression_metrics(self) -> dict[str, float]:

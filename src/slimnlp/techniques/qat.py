@@ -20,6 +20,8 @@ torchao's, ties included, so the codes are exactly those of its fake quantizer).
 weights run on torch's int8 kernel (``kernel=fbgemm``: activations quantized dynamically per tensor at
 inference, the one place inference departs from training); 4- and 2-bit and group-wise weights are stored
 packed and dequantized on load (``kernel=dequant``, with the training's per-token activation quantization).
+With ``embeddings`` in ``targets`` the embedding tables are made int8 at export (weight-only, not trained
+through fake quantization).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from slimnlp.techniques.quantization import (
     DistilledQuantization,
     check_group_size,
     check_targets,
+    int8_embeddings,
     replace_all,
     target_linears,
 )
@@ -128,6 +131,7 @@ class QuantizationAwareTraining(DistilledQuantization):
     @torch.no_grad()
     def export_student(self) -> nn.Module:
         model = copy.deepcopy(self.student).cpu()
-        replace_all(model, {p: self.integer_linear(model.get_submodule(p)) for p in self.quantized})
+        tables = int8_embeddings(model, self.targets)  # weight-only int8 after training (module docstring)
+        replace_all(model, {p: self.integer_linear(model.get_submodule(p)) for p in self.quantized} | tables)
         self.exported = model
         return model
