@@ -13,6 +13,8 @@ Student and teacher, in one process and under one thread count (``measure.thread
 - with ``onnxruntime`` in ``measure.runtimes``: the same latencies in ONNX Runtime (``eff/ort/...``,
   ``measure.onnx_repeats`` rounds) and the largest logit difference from torch (``eff/ort/max_logit_diff``)
   (``metrics.onnx_runtime``);
+- with ``onnxruntime_int8`` as well: the student's ONNX graph quantized to INT8 by ONNX Runtime, timed
+  (``eff/ort_int8/...``; only where the student exports: a student already quantized by torch does not);
 - ``energy/infer_kwh_per_1k``: energy of inference per 1,000 examples at the largest batch (codecarbon).
 Teacher figures carry the ``teacher/`` prefix.
 """
@@ -44,7 +46,9 @@ from slimnlp.models.loading import set_attention_implementation
 
 log = logging.getLogger("slimnlp")
 PREFIX = {"student": "", "teacher": "teacher/"}
-RUNTIME_KEYS = {"torch": "eff/", "onnxruntime": "eff/ort/"}  # measure.runtimes -> metric group
+# measure.runtimes -> metric group; onnxruntime_int8 is the student's graph after ORT dynamic INT8 quantization,
+# timed against the teacher's fp32 graph
+RUNTIME_KEYS = {"torch": "eff/", "onnxruntime": "eff/ort/", "onnxruntime_int8": "eff/ort_int8/"}
 
 
 def _latencies(
@@ -75,10 +79,14 @@ def _onnxruntime(
     threads: int,
     student_onnx: Path,
     teacher_onnx: Path | None,
+    int8: bool = False,
 ) -> dict[str, float]:
     """Export each model, check its logits against torch, time it in ONNX Runtime. The student's graph is
     kept in the run folder (``student_onnx``); the teacher's is exported once into the cache
-    (``teacher_onnx``, keyed by its folder) and every run re-checks and re-times it."""
+    (``teacher_onnx``, keyed by its folder) and every run re-checks and re-times it. With ``int8`` the student's
+    graph is also quantized by ONNX Runtime (``quantize_dynamic``, int8 weights, dynamic int8 activations),
+    kept beside it and timed against the teacher's fp32 graph (``eff/ort_int8/*``, its file size
+    ``eff/ort_int8/onnx_bytes``)."""
     largest = batches[max(batches)]
     metrics: dict[str, float] = {}
     runtimes: dict[str, OrtClassifier] = {}
@@ -95,7 +103,34 @@ def _onnxruntime(
         for size, batch in batches.items()
     }
     metrics.update(_latencies(calls, "onnxruntime", settings.onnx_repeats, settings.warmup, cuda=False))
+    if int8:
+        metrics.update(_onnxruntime_int8(models["student"], runtimes.get("teacher"), batches, settings, threads,
+                                         student_onnx))
     return metrics
+
+
+def _onnxruntime_int8(
+    student: nn.Module,
+    teacher: OrtClassifier | None,
+    batches: Mapping[int, Mapping[str, Tensor]],
+    settings: DictConfig,
+    threads: int,
+    student_onnx: Path,
+) -> dict[str, float]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = student_onnx.with_name(f"{student_onnx.stem}.int8.onnx")
+    quantize_dynamic(str(student_onnx), str(path), weight_type=QuantType.QInt8)
+    runtime = OrtClassifier(path, threads=threads)
+    metrics = {"eff/ort_int8/max_logit_diff": max_logit_difference(student, runtime, batches[max(batches)]),
+               "eff/ort_int8/onnx_bytes": float(path.stat().st_size)}
+    calls = {
+        size: {"student": _ort_call(runtime, runtime.feeds(batch)),
+               **({"teacher": _ort_call(teacher, teacher.feeds(batch))} if teacher is not None else {})}
+        for size, batch in batches.items()
+    }
+    metrics.update(_latencies(calls, "onnxruntime_int8", settings.onnx_repeats, settings.warmup, cuda=False))
+    return {k: v for k, v in metrics.items() if not k.startswith("teacher/")}  # its fp32 times are eff/ort's
 
 
 def _export_atomically(model: nn.Module, batch: Mapping[str, Tensor], path: Path) -> Path:
@@ -175,14 +210,15 @@ def measure_efficiency(
             for name, model in models.items():
                 call = inference_call(model, model_inputs(largest))
                 metrics[f"{PREFIX[name]}eff/peak_mem_mb"] = peak_memory_mb(call, cuda=cuda)
-        if "onnxruntime" in settings.runtimes:
+        if {"onnxruntime", "onnxruntime_int8"} & set(settings.runtimes):
             cpu_models = {name: model.cpu() for name, model in models.items()}
             cpu_batches = {size: {k: v.cpu() for k, v in b.items()} for size, b in batches.items()}
             teacher_onnx = _teacher_onnx_path(Path(cfg.paths.cache_dir), teacher_dir, largest)
             try:
                 metrics.update(
                     _onnxruntime(
-                        cpu_models, cpu_batches, settings, threads, run_dir / "student.onnx", teacher_onnx
+                        cpu_models, cpu_batches, settings, threads, run_dir / "student.onnx", teacher_onnx,
+                        int8="onnxruntime_int8" in settings.runtimes,
                     )
                 )
             except Exception as err:  # noqa: BLE001 - a model torch.export cannot trace loses its ONNX figures, not the run

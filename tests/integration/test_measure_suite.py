@@ -15,7 +15,7 @@ from slimnlp.summary import format_summary
 
 def full_suite(ood_csv) -> list[str]:
     return [
-        "measure.runtimes=[torch,onnxruntime]",
+        "measure.runtimes=[torch,onnxruntime,onnxruntime_int8]",
         "measure.batch_sizes=[1,8]",
         "energy.enabled=true",
         "eval.robustness.attacks=[typo,word]",
@@ -43,6 +43,7 @@ def test_every_measurement_is_recorded(suite_run):
         "teacher/eff/latency_ms_b1", "eff/speedup_b1", "eff/speedup_b8", "eff/speedup",
         "eff/peak_mem_mb", "teacher/eff/peak_mem_mb",
         "eff/ort/latency_ms_b1", "eff/ort/latency_ms_b8", "teacher/eff/ort/latency_ms_b8", "eff/ort/speedup_b8",
+        "eff/ort_int8/latency_ms_b8", "eff/ort_int8/speedup_b8", "eff/ort_int8/max_logit_diff",
         "energy/train_kwh", "energy/co2_kg", "energy/infer_kwh_per_1k", "teacher/energy/infer_kwh_per_1k",
         "fidelity/agreement", "fidelity/prob_loyalty", "fidelity/kl",
         "robust/typo/acc", "robust/typo/success_rate", "teacher/robust/typo/acc", "robust/word/acc",
@@ -51,6 +52,11 @@ def test_every_measurement_is_recorded(suite_run):
         assert key in m, key
     assert json.loads((run_dir / "results.json").read_text())["metrics"] == pytest.approx(m)
     assert results["energy_method"]
+    # ONNX Runtime's INT8 graph of the student: int8 weights (the tiny model is mostly its embedding table,
+    # which ORT's dynamic quantization leaves fp32, so the file shrinks less than 4x), logits near fp32's
+    fp32_graph = sum(f.stat().st_size for f in run_dir.iterdir() if "student.onnx" in f.name)  # + external data
+    assert m["eff/ort_int8/onnx_bytes"] < fp32_graph / 2
+    assert m["eff/ort_int8/max_logit_diff"] < 0.5
 
 
 def test_measurements_agree_with_the_models(suite_run):

@@ -1,0 +1,82 @@
+"""The quantization table on the embedded default (4,000 tweets, the fine-tuned MiniLM-L6 as fp32 model and
+teacher): dynamic INT8 with both backends, QAT at 8, 4 and 2 bits, TernaryBERT and GOBO, every trained cell
+with the same budget (``trainer.max_epochs`` of the default, 2) and starting from the same fine-tuned model.
+
+    python experiments/quantization.py [--cells NAME ...] [--list] [--report-only]
+
+Every cell is one plain run, ``python train.py student=6L student.init_from=finetuned technique=<t> <overrides>
+seed=<seed> <COMMON>``; three seeds for qat-8, qat-4 and ternary, one elsewhere (post-training cells are
+deterministic: no seed changes them). ``COMMON`` drops the robustness attacks and the energy meter, which the
+table does not show, from every cell alike; ``measure.runtimes=[torch,onnxruntime]`` stays the default.
+Latencies in the cells are measured inside each run, on a machine that may be running other jobs; the
+README's speed-ups come from ``benchmarks/quantization_latency.py``, which times the saved artifacts side by
+side in one quiet process.
+
+Each finished cell's ``results.json`` is copied into ``experiments/quantization/cells/<cell>/`` (committed: run
+folders under ``outputs/`` do not outlive a machine) and a cell found there is never re-run, so the table can
+fill over several sessions; the report goes to ``experiments/quantization/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["student=6L", "student.init_from=finetuned", "eval.robustness.attacks=[]", "energy.enabled=false",
+          "trainer.enable_progress_bar=false"]
+GROUP_BY = "technique,technique.backend,technique.bits,technique.granularity,technique.targets"
+COLUMNS = ("test/acc,test/f1,fidelity/agreement,eff/disk_bytes,compress/quantized_weight_compression,"
+           "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b32")
+SETTINGS = {  # cell name prefix -> overrides, seeds
+    "ptq_torch_ao": (["technique=ptq_dynamic", "technique.backend=torch_ao"], (42,)),
+    "ptq_torchao": (["technique=ptq_dynamic", "technique.backend=torchao"], (42,)),
+    "ptq_torch_ao_emb": (["technique=ptq_dynamic", "technique.backend=torch_ao",
+                          "technique.targets=[encoder,embeddings]"], (42,)),
+    "gobo": (["technique=gobo"], (42,)),
+    "qat8": (["technique=qat", "technique.bits=8"], (0, 1, 2)),
+    "qat4": (["technique=qat", "technique.bits=4"], (0, 1, 2)),
+    "ternary": (["technique=ternary"], (0, 1, 2)),
+    "qat2_group": (["technique=qat", "technique.bits=2", "technique.granularity=group",
+                    "technique.group_size=128"], (0,)),
+}
+
+
+def cells() -> dict[str, list[str]]:
+    return {f"{name}_s{seed}": [*overrides, f"seed={seed}"]
+            for name, (overrides, seeds) in SETTINGS.items() for seed in seeds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", nargs="+", help="cell names (default: all); see --list")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "experiments" / "quantization")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    table = cells()
+    if args.list:
+        print("\n".join(table))
+        return
+    kept = REPO / "experiments" / "quantization"
+    if not args.report_only:
+        for name in args.cells or table:
+            run_dir, cell = args.out / name, kept / "cells" / name / "results.json"
+            if not cell.exists() and not (run_dir / "results.json").exists():
+                command = [sys.executable, str(REPO / "train.py"), *table[name], *COMMON, f"hydra.run.dir={run_dir}"]
+                print("$", " ".join(command[1:]), flush=True)
+                subprocess.run(command, cwd=REPO, check=False)
+            if not cell.exists() and (run_dir / "results.json").exists():
+                cell.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run_dir / "results.json", cell)
+    report = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", GROUP_BY,
+              "--columns", COLUMNS, "--out", str(kept)]
+    print("$", " ".join(report[1:]), flush=True)
+    subprocess.run(report, cwd=REPO, check=False)
+
+
+if __name__ == "__main__":
+    main()
