@@ -1,5 +1,5 @@
 """The quantization table on the embedded default (4,000 tweets, the fine-tuned MiniLM-L6 as fp32 model and
-teacher): dynamic INT8 with both backends, QAT at 8, 4 and 2 bits, TernaryBERT and GOBO, every trained cell
+teacher): dynamic INT8 with both backends, QAT at 8, 4 and 2 bits against round-to-nearest at 4 and 2, TernaryBERT and GOBO, every trained cell
 with the same budget (``trainer.max_epochs`` of the default, 2) and starting from the same fine-tuned model.
 
     python experiments/quantization.py [--cells NAME ...] [--list] [--report-only]
@@ -37,6 +37,9 @@ SETTINGS = {  # cell name prefix -> overrides, seeds
     "ptq_torch_ao_emb": (["technique=ptq_dynamic", "technique.backend=torch_ao",
                           "technique.targets=[encoder,embeddings]"], (42,)),
     "gobo": (["technique=gobo"], (42,)),
+    "rtn4": (["technique=ptq_weight", "technique.bits=4"], (42,)),  # qat4's settings, untrained
+    "rtn2_group": (["technique=ptq_weight", "technique.bits=2", "technique.granularity=group",
+                    "technique.group_size=128"], (42,)),
     "qat8": (["technique=qat", "technique.bits=8"], (0, 1, 2)),
     "qat4": (["technique=qat", "technique.bits=4"], (0, 1, 2)),
     "ternary": (["technique=ternary"], (0, 1, 2)),

@@ -99,6 +99,18 @@ def test_qat_trains_and_saves_packed_integer_weights(tiny_setup, bits, granulari
     assert torch.equal(a, b)
 
 
+def test_round_to_nearest_saves_the_codes_qat_would_export_untrained(tiny_setup):
+    results = run_tiny(tiny_setup, "rtn4", "technique=ptq_weight", "technique.bits=4", "technique.granularity=group",
+                       "technique.group_size=16", "student=4L", "student.init_from=finetuned")
+    m = results["metrics"]
+    student_dir = tiny_setup[0] / "outputs" / "runs" / "rtn4" / "student"
+    layers = [mod for mod in load_student(student_dir).modules() if isinstance(mod, QuantizedLinear)]
+    assert len(layers) == ENCODER_LINEARS and {(q.bits, q.kernel) for q in layers} == {(4, "dequant")}
+    assert m["train/optimizer_steps"] == 0 and m["compress/weight_bits"] == 4
+    stored, fp32 = quantized_bytes(student_dir)
+    assert stored / fp32 == pytest.approx((0.5 + 0.25) / 4)
+
+
 def test_ternary_stores_twn_codes_two_bits_each(tiny_setup):
     results = run_tiny(tiny_setup, "ternary", "technique=ternary", "student=4L", "student.init_from=finetuned",
                        "trainer.max_epochs=2")
@@ -134,6 +146,7 @@ def test_gobo_codes_the_encoder_to_three_bits_with_few_outliers(tiny_setup):
      (["technique=qat", "technique.granularity=per_row"], r"technique\.granularity.*per_row"),
      (["technique=ptq_dynamic", "technique.backend=onnx"], r"technique\.backend.*onnx"),
      (["technique=gobo", "technique.bits=0"], r"technique\.bits.*0"),
+     (["technique=ptq_weight", "technique.bits=16"], r"technique\.bits.*16"),
      (["technique=gobo", "technique.targets=[embeddings]"], r"technique\.targets.*Linears only"),
      (["technique=qat", "technique.bits=4", "technique.kernel=fbgemm"], r"technique\.kernel.*fbgemm")],
 )

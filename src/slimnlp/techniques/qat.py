@@ -116,10 +116,15 @@ class QuantizationAwareTraining(DistilledQuantization):
                   filter_fn=lambda module, fqn: fqn in paths)
 
     # ------------------------------------------------------------ export
+    @staticmethod
+    def kernel_for(kernel: str, bits: int, granularity: str) -> str:
+        """``kernel=auto``: torch's int8 kernel where it runs the weights, dequantize-on-load elsewhere."""
+        if kernel != "auto":
+            return kernel
+        return "fbgemm" if bits == 8 and granularity != "group" else "dequant"
+
     def deployment_kernel(self) -> str:
-        if self.kernel != "auto":
-            return self.kernel
-        return "fbgemm" if self.bits == 8 and self.granularity != "group" else "dequant"
+        return self.kernel_for(self.kernel, self.bits, self.granularity)
 
     def integer_linear(self, linear: nn.Linear) -> QuantizedLinear:
         kernel = self.deployment_kernel()
