@@ -50,6 +50,11 @@ def ternary(linear: nn.Linear) -> QuantizedLinear:
                                       activation_bits=8)
 
 
+def ort_call(runtime: OrtClassifier, batch):
+    feeds = runtime.feeds(batch)
+    return lambda: runtime.logits(feeds)
+
+
 FORMS = {
     "int8 torch_ao (fbgemm)": torch_ao_int8,
     "int8 torchao": torchao_int8,
@@ -88,7 +93,7 @@ def main() -> int:
         for size in (1, 32):
             batch = dm.fixed_length_batch(size)
             calls = {name: inference_call(m, model_inputs(batch)) for name, m in models.items()}
-            calls.update({name: (lambda rt=rt, f=rt.feeds(batch): rt.logits(f)) for name, rt in ort.items()})
+            calls.update({name: ort_call(rt, batch) for name, rt in ort.items()})
             times = interleaved_times_ms(calls, repeats=args.repeats, warmup=3)
             medians[size] = {name: percentiles(t)["p50"] for name, t in times.items()}
     for name in [*models, *ort]:
