@@ -9,22 +9,17 @@ fp32, as for every quantization technique in slimnlp), so the whole-model saving
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import Tensor
+from torch import nn
 
 from slimnlp.errors import ConfigError
 from slimnlp.modules.codebook import CodebookLinear
-from slimnlp.techniques.base import Requirements, Technique
-from slimnlp.techniques.quantization import check_targets, replace_all, target_linears
-
-log = logging.getLogger(__name__)
+from slimnlp.techniques.quantization import DataFreeQuantization, check_targets
 
 
-class GOBO(Technique):
+class GOBO(DataFreeQuantization):
     def __init__(self, bits: int = 3, log_prob_threshold: float = -4.0, targets: Sequence[str] = ("encoder",),
                  **base: Any) -> None:
         super().__init__(**base)
@@ -41,19 +36,8 @@ class GOBO(Technique):
         if "embeddings" in targets:
             raise ConfigError("technique.targets", list(targets), "Linears only: a subset of encoder, pooler, classifier")
 
-    @classmethod
-    def requirements(cls, **hparams: Any) -> Requirements:
-        return Requirements(trains=False)
-
-    @torch.no_grad()
-    def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-        """GOBO reads no data: ``calibration`` is not used."""
-        linears = target_linears(self.student, self.targets)
-        coded = {p: CodebookLinear.from_linear(m, self.bits, self.log_prob_threshold) for p, m in linears}
-        replace_all(self.student.cpu(), coded)
-        log.info("gobo: %d Linears to %d-bit codebooks, %.3f%% outliers", len(coded), self.bits,
-                 100 * self.compression_metrics()["compress/outlier_fraction"])
-        return {}
+    def replacement(self, linear: nn.Linear) -> CodebookLinear:
+        return CodebookLinear.from_linear(linear, self.bits, self.log_prob_threshold)
 
     def compression_metrics(self) -> dict[str, float]:
         layers = [m for m in self.student.modules() if isinstance(m, CodebookLinear)]

@@ -19,25 +19,16 @@ pytorch/ao #3157 reports torchao's config slower than ``quantize_dynamic`` for B
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from slimnlp.errors import ConfigError
 from slimnlp.modules.quantization import QuantizedLinear
-from slimnlp.techniques.base import Requirements, Technique
-from slimnlp.techniques.quantization import (
-    check_targets,
-    int8_embeddings,
-    quantization_metrics,
-    replace_all,
-    target_linears,
-)
+from slimnlp.techniques.quantization import DataFreeQuantization, check_targets
 
-log = logging.getLogger(__name__)
 BACKENDS = ("torch_ao", "torchao")
 
 
@@ -67,7 +58,7 @@ def torchao_int8(linear: nn.Linear) -> QuantizedLinear:
 CONVERTERS = {"torch_ao": torch_ao_int8, "torchao": torchao_int8}
 
 
-class DynamicQuantization(Technique):
+class DynamicQuantization(DataFreeQuantization):
     def __init__(self, backend: str = "torch_ao", targets: Sequence[str] = ("encoder",), **base: Any) -> None:
         super().__init__(**base)
         type(self).validate_hparams(**self.hparams)
@@ -79,20 +70,5 @@ class DynamicQuantization(Technique):
             raise ConfigError("technique.backend", backend, f"one of {list(BACKENDS)}")
         check_targets(targets)
 
-    @classmethod
-    def requirements(cls, **hparams: Any) -> Requirements:
-        return Requirements(trains=False)
-
-    @torch.no_grad()
-    def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-        """Dynamic quantization reads no data: ``calibration`` is not used."""
-        linears = target_linears(self.student, self.targets)
-        self.student.cpu()  # both backends' int8 kernels are CPU kernels
-        tables = int8_embeddings(self.student, self.targets)
-        replace_all(self.student, {path: CONVERTERS[self.backend](m) for path, m in linears} | tables)
-        log.info("ptq_dynamic: %d Linears to int8 with %s, %d embedding tables to int8", len(linears), self.backend,
-                 len(tables))
-        return {}
-
-    def compression_metrics(self) -> dict[str, float]:
-        return quantization_metrics(self.student)
+    def replacement(self, linear: nn.Linear) -> QuantizedLinear:
+        return CONVERTERS[self.backend](linear)

@@ -16,9 +16,11 @@ zeroed) of the two models; the reference adds the three with weight 1 and no har
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +35,7 @@ from slimnlp.modules.quantization import FakeQuantLinear, QuantizedEmbedding, Qu
 from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
+log = logging.getLogger(__name__)
 QUANTIZABLE_PARTS = ("encoder", "pooler", "classifier", "embeddings")
 
 
@@ -101,6 +104,34 @@ def check_group_size(models: ModelConfigs, granularity: str, group_size: Any) ->
     for key, width in widths.items():
         if width % group_size:
             raise ConfigError("technique.group_size", group_size, f"a divisor of {key} = {width}")
+
+
+class DataFreeQuantization(Technique):
+    """Post-training quantization that reads no data (``trains=False``; the calibration batches go unused):
+    subclasses say what replaces each target Linear (``replacement``); ``targets`` and the int8 embedding tables
+    are handled here."""
+
+    targets: tuple[str, ...] = ("encoder",)
+
+    @classmethod
+    def requirements(cls, **hparams: Any) -> Requirements:
+        return Requirements(trains=False)
+
+    def replacement(self, linear: nn.Linear) -> nn.Module:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
+        linears = target_linears(self.student, self.targets)
+        self.student.cpu()  # the int8 kernels are CPU kernels
+        coded = {path: self.replacement(m) for path, m in linears}
+        tables = int8_embeddings(self.student, self.targets)
+        replace_all(self.student, coded | tables)
+        log.info("%s: %d Linears and %d embedding tables quantized", type(self).__name__, len(coded), len(tables))
+        return {}
+
+    def compression_metrics(self) -> dict[str, float]:
+        return quantization_metrics(self.student)
 
 
 class DistilledQuantization(Technique):
