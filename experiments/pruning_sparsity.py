@@ -28,12 +28,10 @@ several sessions; ``--report-only`` rebuilds it from the cells there. The report
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from kept_cells import REPO, report, run_cell
+
 SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction removed
 # lambda -> the remaining-% column it lands in once calibrated (None: a calibration run, one seed). 400 came to
 # 91.1% removed at 500 steps (seed 0), next to the 10% column; 50 and 2000 are the first tries for 50% and 3%.
@@ -78,22 +76,10 @@ def main() -> None:
     kept = REPO / "experiments" / "pruning_sparsity" / f"e{args.epochs}"
     if not args.report_only:
         for name in args.cells or table:
-            run_dir, cell = args.out / f"e{args.epochs}" / name, kept / "cells" / name / "results.json"
-            if not cell.exists() and not (run_dir / "results.json").exists():
-                command = [sys.executable, str(REPO / "train.py"), "student=6L", *table[name], *COMMON,
-                           f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-                           f"hydra.run.dir={run_dir}"]
-                print("$", " ".join(command[1:]), flush=True)
-                subprocess.run(command, cwd=REPO, check=False)
-            if not cell.exists() and (run_dir / "results.json").exists():
-                cell.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run_dir / "results.json", cell)
-    report = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"),
-              "--group-by", GROUP_BY,
-              "--columns", "test/acc,test/f1,compress/sparsity,eff/disk_bytes,eff/latency_ms_b32,eff/speedup_b32",
-              "--out", str(kept)]
-    print("$", " ".join(report[1:]), flush=True)
-    subprocess.run(report, cwd=REPO, check=False)
+            overrides = ["student=6L", *table[name], *COMMON, f"trainer.max_epochs={args.epochs}",
+                         "trainer.enable_progress_bar=false"]
+            run_cell(name, overrides, args.out / f"e{args.epochs}" / name, kept)
+    report(kept, GROUP_BY, "test/acc,test/f1,compress/sparsity,eff/disk_bytes,eff/latency_ms_b32,eff/speedup_b32")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ fill over several sessions; the report goes to ``experiments/quantization/``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from kept_cells import REPO, report, run_cell
+
 COMMON = ["student=6L", "student.init_from=finetuned", "eval.robustness.attacks=[]", "energy.enabled=false",
           "trainer.enable_progress_bar=false"]
 GROUP_BY = "technique,technique.backend,technique.bits,technique.granularity,technique.targets"
@@ -67,18 +65,8 @@ def main() -> None:
     kept = REPO / "experiments" / "quantization"
     if not args.report_only:
         for name in args.cells or table:
-            run_dir, cell = args.out / name, kept / "cells" / name / "results.json"
-            if not cell.exists() and not (run_dir / "results.json").exists():
-                command = [sys.executable, str(REPO / "train.py"), *table[name], *COMMON, f"hydra.run.dir={run_dir}"]
-                print("$", " ".join(command[1:]), flush=True)
-                subprocess.run(command, cwd=REPO, check=False)
-            if not cell.exists() and (run_dir / "results.json").exists():
-                cell.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run_dir / "results.json", cell)
-    report = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", GROUP_BY,
-              "--columns", COLUMNS, "--out", str(kept)]
-    print("$", " ".join(report[1:]), flush=True)
-    subprocess.run(report, cwd=REPO, check=False)
+            run_cell(name, [*table[name], *COMMON], args.out / name, kept)
+    report(kept, GROUP_BY, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What the cell-by-cell experiment scripts share: run a cell unless its results are kept, keep them, report.
+
+A cell is one ``train.py`` run. Its ``results.json`` is copied into ``<kept>/cells/<cell>/`` (committed: run
+folders under ``outputs/`` do not outlive a machine), and a cell found there is never re-run, so a table can fill
+over several sessions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None:
+    """Run ``train.py <overrides>`` into ``run_dir`` unless the cell is kept or finished; keep what finished."""
+    cell = kept / "cells" / name / "results.json"
+    if not cell.exists() and not (run_dir / "results.json").exists():
+        command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+        print("$", " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=REPO, check=False)  # a failed cell must not stop the others
+    if not cell.exists() and (run_dir / "results.json").exists():
+        cell.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "results.json", cell)
+
+
+def report(kept: Path, group_by: str, columns: str) -> None:
+    """``python -m slimnlp.report`` over the kept cells, written beside them."""
+    command = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", group_by,
+               "--columns", columns, "--out", str(kept)]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=REPO, check=False)
