@@ -46,12 +46,10 @@ def check_targets(targets: Sequence[str]) -> None:
 
 def quantized_paths(model: nn.Module) -> list[str]:
     """Paths of the modules that already hold quantized or fake-quantized weights."""
-    found = []
-    for path, module in model.named_modules():
-        torchao_qat = type(module).__name__ == "FakeQuantizedLinear"
-        if isinstance(module, QuantizedLinear | QuantizedEmbedding | FakeQuantLinear | CodebookLinear) or torchao_qat:
-            found.append(path)
-    return found
+    from torchao.quantization.qat import FakeQuantizedLinear
+
+    kinds = (QuantizedLinear, QuantizedEmbedding, FakeQuantLinear, CodebookLinear, FakeQuantizedLinear)
+    return [path for path, module in model.named_modules() if isinstance(module, kinds)]
 
 
 def check_float_student(model: nn.Module) -> None:

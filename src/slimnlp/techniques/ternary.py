@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from slimnlp.modules.quantization import TERNARY, FakeQuantLinear, QuantizedLinear, twn_ternarize
+from slimnlp.modules.quantization import TERNARY, QuantizedLinear, twn_ternarize
 from slimnlp.techniques.base import OptimizerFactory, TaskInfo
 from slimnlp.techniques.qat import QuantizationAwareTraining
 
@@ -54,8 +53,3 @@ class TernaryBERT(QuantizationAwareTraining):
         codes, alpha = twn_ternarize(linear.weight)
         return QuantizedLinear.from_codes(codes, alpha, linear.bias, bits=2, granularity="per_tensor",
                                           kernel="dequant", activation_bits=self.activation_bits)
-
-    @torch.no_grad()
-    def export_student(self) -> nn.Module:
-        assert all(isinstance(self.student.get_submodule(p), FakeQuantLinear) for p in self.quantized)
-        return super().export_student()
