@@ -5,8 +5,8 @@ teacher in fp32 against every quantized form slimnlp saves, timed side by side i
 
 Real tweets padded to ``--seq-len`` tokens; every model is the same MiniLM-L6 with its encoder Linears replaced
 as the techniques replace them (latency does not depend on what the weights learned): ``torch_ao`` (fbgemm
-int8, ``ptq_dynamic``'s default and ``qat`` 8-bit), ``torchao`` (torchao's Int8Tensor), 4-bit group-wise and
-ternary (``dequant``: packed on disk, fp32 at run time) and GOBO. Timed in interleaved rounds after warm-up at a
+int8, ``ptq_dynamic``'s default and ``qat`` 8-bit), ``torchao`` (torchao's Int8Tensor), 4-bit group-wise,
+ternary and BinaryBERT's two sign planes (``dequant``: packed on disk, fp32 at run time) and GOBO. Timed in interleaved rounds after warm-up at a
 fixed thread count (``slimnlp.metrics.latency``), each at batch 1 and 32; ONNX Runtime's fp32 graph and its
 dynamic-INT8 graph (``measure.runtimes=[onnxruntime_int8]``) are timed the same way in a second group.
 
@@ -32,6 +32,7 @@ from slimnlp.metrics.latency import inference_call, interleaved_times_ms, percen
 from slimnlp.metrics.onnx_runtime import OrtClassifier, export_onnx
 from slimnlp.models.structure import prunable_modules
 from slimnlp.models.surgery import replace_module
+from slimnlp.modules.binary import BinaryLinear, SplitBinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
 from slimnlp.modules.quantization import QuantizedLinear, twn_ternarize
 from slimnlp.techniques.ptq_dynamic import torch_ao_int8, torchao_int8
@@ -62,6 +63,8 @@ FORMS = {
         l, bits=4, granularity="group", group_size=128, kernel="dequant", activation_bits=8),
     "ternary (dequant, act 8)": ternary,
     "gobo 3-bit": CodebookLinear.from_linear,
+    "binary TWS (dequant, act 8)": lambda l: BinaryLinear.from_split(
+        SplitBinaryLinear.from_linear(l, split=True, activation_bits=8)),
 }
 
 
@@ -92,9 +95,12 @@ def main() -> int:
     with torch_threads(args.threads):
         for size in (1, 32):
             batch = dm.fixed_length_batch(size)
+            # Two groups: ONNX Runtime's threads spin for a while after each run (its default), which slowed
+            # whichever torch model came next when both were interleaved in one group.
             calls = {name: inference_call(m, model_inputs(batch)) for name, m in models.items()}
-            calls.update({name: ort_call(rt, batch) for name, rt in ort.items()})
             times = interleaved_times_ms(calls, repeats=args.repeats, warmup=3)
+            ort_calls = {name: ort_call(rt, batch) for name, rt in ort.items()}
+            times |= interleaved_times_ms(ort_calls, repeats=args.repeats, warmup=3)
             medians[size] = {name: percentiles(t)["p50"] for name, t in times.items()}
     for name in [*models, *ort]:
         base = "ORT fp32" if name.startswith("ORT") else "fp32"

@@ -1,11 +1,12 @@
 """The quantization table on the embedded default (4,000 tweets, the fine-tuned MiniLM-L6 as fp32 model and
-teacher): dynamic INT8 with both backends, QAT at 8, 4 and 2 bits against round-to-nearest at 4 and 2, TernaryBERT and GOBO, every trained cell
-with the same budget (``trainer.max_epochs`` of the default, 2) and starting from the same fine-tuned model.
+teacher): dynamic INT8 with both backends, QAT at 8, 4 and 2 bits against round-to-nearest at 4 and 2, TernaryBERT,
+BinaryBERT (and its plain-BWN baseline) and GOBO, every trained cell with the same budget (``trainer.max_epochs`` of the default, 2, at the default LR; BinaryBERT's split into 1 ternary
+and 1 binary epoch) and starting from the same fine-tuned model.
 
     python experiments/quantization.py [--cells NAME ...] [--list] [--report-only]
 
 Every cell is one plain run, ``python train.py student=6L student.init_from=finetuned technique=<t> <overrides>
-seed=<seed> <COMMON>``; three seeds for qat-8, qat-4 and ternary, one elsewhere (post-training cells are
+seed=<seed> <COMMON>``; three seeds for qat-8, qat-4, ternary and binary, one elsewhere (post-training cells are
 deterministic: no seed changes them). ``COMMON`` drops the robustness attacks and the energy meter, which the
 table does not show, from every cell alike; ``measure.runtimes=[torch,onnxruntime]`` stays the default.
 Latencies in the cells are measured inside each run, on a machine that may be running other jobs; the
@@ -26,7 +27,7 @@ from kept_cells import REPO, report, run_cell
 
 COMMON = ["student=6L", "student.init_from=finetuned", "eval.robustness.attacks=[]", "energy.enabled=false",
           "trainer.enable_progress_bar=false"]
-GROUP_BY = "technique,technique.backend,technique.bits,technique.granularity,technique.targets"
+GROUP_BY = "technique,technique.backend,technique.bits,technique.granularity,technique.targets,technique.split"
 COLUMNS = ("test/acc,test/f1,fidelity/agreement,eff/disk_bytes,compress/quantized_weight_compression,"
            "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b32")
 SETTINGS = {  # cell name prefix -> overrides, seeds
@@ -43,6 +44,12 @@ SETTINGS = {  # cell name prefix -> overrides, seeds
     "ternary": (["technique=ternary"], (0, 1, 2)),
     "qat2_group": (["technique=qat", "technique.bits=2", "technique.granularity=group",
                     "technique.group_size=128"], (0,)),
+    # BinaryBERT at the ternary cells' budget (2 epochs at the run's LR, joint KD): 1 ternary + 1 binary epoch;
+    # and its baseline, the fine-tuned weights binarized directly (BWN, 1 bit per weight), 2 binary epochs
+    "binary": (["technique=binary", "technique.kd=joint", "technique.ternary_epochs=1", "technique.binary_epochs=1",
+                "technique.ternary_lr=null", "technique.binary_lr=null"], (0, 1, 2)),
+    "bwn": (["technique=binary", "technique.split=false", "technique.kd=joint", "technique.binary_epochs=2",
+             "technique.binary_lr=null"], (0,)),
 }
 
 

@@ -86,7 +86,7 @@ def _instantiate_technique(cfg, tiny_teacher):
     hparams = technique_hparams(cfg)
     cls.check_hparams(**hparams)
     # quantization-aware training distills layer by layer from the fp32 model: the student is the teacher's depth
-    depth = 4 if cfg.technique._target_.split(".")[-2] in ("qat", "ternary") else 2
+    depth = 4 if cfg.technique._target_.split(".")[-2] in ("qat", "ternary", "binary") else 2
     student = layer_subset(teacher, num_labels=3, num_layers=depth)
     extra = {"teachers": [teacher, teacher]} if cls.requirements(**cls.defaults_filled(**hparams)).extra_teachers else {}
     given = {k: v for k, v in hparams.items() if k != "teachers"}

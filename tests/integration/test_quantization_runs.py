@@ -3,6 +3,8 @@ reload through ``load_student`` to the model that was tested, and one-line error
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import run_tiny
@@ -10,6 +12,7 @@ from safetensors.torch import load_file
 
 from slimnlp.artifacts import WEIGHTS_NAME, load_student
 from slimnlp.errors import ConfigError
+from slimnlp.modules.binary import BinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
 from slimnlp.modules.quantization import QuantizedLinear
 
@@ -125,6 +128,44 @@ def test_ternary_stores_twn_codes_two_bits_each(tiny_setup):
     assert m["test/acc"] > 0.4
 
 
+def binary_layers(student_dir) -> list[BinaryLinear]:
+    return [mod for mod in load_student(student_dir).modules() if isinstance(mod, BinaryLinear)]
+
+
+def test_binary_bert_trains_ternary_then_splits_into_two_sign_planes(tiny_setup):
+    results = run_tiny(tiny_setup, "binary", "technique=binary", "student=4L", "student.init_from=finetuned",
+                       "technique.ternary_epochs=1", "technique.binary_epochs=1", "technique.ternary_lr=1e-3",
+                       "technique.binary_lr=1e-3")
+    run_dir = tiny_setup[0] / "outputs" / "runs" / "binary"
+    # four stages, each with its own optimizer; the last one is the run's result
+    done = {p.parent.name: json.loads(p.read_text())["steps"] for p in (run_dir / "stages").glob("*/done.json")}
+    assert set(done) == {"ternary_intermediate", "ternary_prediction", "binary_intermediate"}
+    m = results["metrics"]
+    assert m["train/optimizer_steps"] == 4 * done["ternary_intermediate"] > 0
+    layers = binary_layers(run_dir / "student")
+    assert len(layers) == ENCODER_LINEARS == m["compress/quantized_layers"]
+    assert {q.planes for q in layers} == {2} and m["compress/weight_bits"] == 2
+    # two sign bits per weight: 16x smaller than fp32, less the two scales
+    assert 15 < m["compress/quantized_weight_compression"] <= 16
+    levels = {len(q.dense_weight().unique()) for q in layers}
+    assert max(levels) == 4  # fine-tuning moved the two planes apart: ±α1 ± α2, no longer ternary
+    a, b = reloaded_logits(run_dir / "student")
+    assert torch.equal(a, b)
+    assert m["test/acc"] > 0.4
+
+
+def test_binary_without_splitting_binarizes_the_float_weights_directly(tiny_setup):
+    results = run_tiny(tiny_setup, "binary_bwn", "technique=binary", "technique.split=false", "technique.kd=joint",
+                       "student=4L", "student.init_from=finetuned", "technique.binary_epochs=1",
+                       "technique.binary_lr=null")
+    run_dir = tiny_setup[0] / "outputs" / "runs" / "binary_bwn"
+    assert not (run_dir / "stages").exists()  # one stage: no ternary phase, joint KD
+    layers = binary_layers(run_dir / "student")
+    assert {q.planes for q in layers} == {1}
+    assert {len(q.dense_weight().unique()) for q in layers} == {2}
+    assert 30 < results["metrics"]["compress/quantized_weight_compression"] <= 32
+
+
 def test_gobo_codes_the_encoder_to_three_bits_with_few_outliers(tiny_setup):
     results = run_tiny(tiny_setup, "gobo", "technique=gobo", "student=4L", "student.init_from=finetuned")
     m = results["metrics"]
@@ -148,7 +189,10 @@ def test_gobo_codes_the_encoder_to_three_bits_with_few_outliers(tiny_setup):
      (["technique=gobo", "technique.bits=0"], r"technique\.bits.*0"),
      (["technique=ptq_weight", "technique.bits=16"], r"technique\.bits.*16"),
      (["technique=gobo", "technique.targets=[embeddings]"], r"technique\.targets.*Linears only"),
-     (["technique=qat", "technique.bits=4", "technique.kernel=fbgemm"], r"technique\.kernel.*fbgemm")],
+     (["technique=qat", "technique.bits=4", "technique.kernel=fbgemm"], r"technique\.kernel.*fbgemm"),
+     (["technique=binary", "technique.kd=three_stage"], r"technique\.kd.*three_stage.*two_stage"),
+     (["technique=binary", "technique.phase=ternary"], r"technique\.phase.*ternary.*\['both', 'binary'\]"),
+     (["technique=binary", "technique.binary_lr=0"], r"technique\.binary_lr.*0.*> 0")],
 )
 def test_bad_quantization_settings_fail_in_one_line_before_training(tiny_setup, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -6,8 +6,8 @@
   (the survey's and Kaplan et al.'s "non-embedding parameters");
 - ``nonzero_params``: entries that are not zero, what unstructured pruning removes.
 
-A quantized Linear (``QuantizedLinear``, ``QuantizedEmbedding``, GOBO's ``CodebookLinear``) stores its weight as codes in buffers: its
-weights count as parameters all the same (quantization changes their width, measured in bytes, not their
+A quantized Linear (``QuantizedLinear``, ``QuantizedEmbedding``, GOBO's ``CodebookLinear``, BinaryBERT's
+``BinaryLinear``) stores its weight as codes in buffers: its weights count as parameters all the same (quantization changes their width, measured in bytes, not their
 number), and a weight that decodes to zero as a zero entry.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimnlp.modules.binary import BinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
 from slimnlp.modules.quantization import QuantizedEmbedding, QuantizedLinear
 
@@ -23,7 +24,8 @@ from slimnlp.modules.quantization import QuantizedEmbedding, QuantizedLinear
 def parameter_counts(model: nn.Module) -> dict[str, float]:
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     params = list(model.parameters())
-    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear | CodebookLinear | QuantizedEmbedding)]
+    kinds = QuantizedLinear | CodebookLinear | QuantizedEmbedding | BinaryLinear
+    quantized = [m for m in model.modules() if isinstance(m, kinds)]
     integer = sum(m.num_weights for m in quantized)
     integer_embedding = sum(m.num_weights for m in quantized if isinstance(m, QuantizedEmbedding))
     nonzero_codes = sum(int(torch.count_nonzero(m.dense_weight())) for m in quantized)

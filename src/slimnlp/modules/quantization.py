@@ -273,6 +273,11 @@ class QuantizedLinear(nn.Module):
     def num_weights(self) -> int:
         return self.in_features * self.out_features
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the stored weight: codes and scales."""
+        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * self.scale.element_size()
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._runtime = None  # new codes: the prepared kernel must be rebuilt
         super()._load_from_state_dict(*args, **kwargs)

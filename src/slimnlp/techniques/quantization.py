@@ -30,6 +30,7 @@ from slimnlp.losses.tinybert import attention_mse, hidden_mse
 from slimnlp.models.capture import attention_scores, capture_qkv
 from slimnlp.models.structure import prunable_modules
 from slimnlp.models.surgery import replace_module
+from slimnlp.modules.binary import BinaryLinear, SplitBinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
 from slimnlp.modules.quantization import FakeQuantLinear, QuantizedEmbedding, QuantizedLinear
 from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
@@ -48,7 +49,8 @@ def quantized_paths(model: nn.Module) -> list[str]:
     """Paths of the modules that already hold quantized or fake-quantized weights."""
     from torchao.quantization.qat import FakeQuantizedLinear
 
-    kinds = (QuantizedLinear, QuantizedEmbedding, FakeQuantLinear, CodebookLinear, FakeQuantizedLinear)
+    kinds = (QuantizedLinear, QuantizedEmbedding, FakeQuantLinear, CodebookLinear, FakeQuantizedLinear,
+             BinaryLinear, SplitBinaryLinear)
     return [path for path, module in model.named_modules() if isinstance(module, kinds)]
 
 
@@ -74,12 +76,13 @@ def int8_embeddings(model: nn.Module, targets: Sequence[str]) -> dict[str, Quant
 
 
 def quantization_metrics(model: nn.Module) -> dict[str, float]:
-    """``compress/*`` of an exported model: how many Linears are integer, their weight bytes against fp32."""
-    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    """``compress/*`` of an exported model: how many Linears are integer (or binary), their weight bytes against
+    fp32."""
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear | BinaryLinear)]
     tables = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
     if not layers:
         return {"compress/quantized_layers": 0.0, "compress/quantized_embeddings": float(len(tables))}
-    stored = sum(m.codes.numel() * m.codes.element_size() + m.scale.numel() * m.scale.element_size() for m in layers)
+    stored = sum(m.weight_bytes for m in layers)
     fp32 = sum(4 * m.num_weights for m in layers)
     return {
         "compress/quantized_layers": float(len(layers)),
