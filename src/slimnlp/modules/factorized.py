@@ -13,8 +13,10 @@ and rebuild models that contain it (the artifact manifest names this module, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from slimnlp.artifacts import register_module_kind
 from slimnlp.errors import ConfigError
@@ -41,31 +43,21 @@ class FactorizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> FactorizedLinear:
-        """The rank-``rank`` truncated SVD of ``linear`` (exact at full rank), on its device and dtype.
-
-        ``W = U·diag(S)·Vᵀ``; ``A = sqrt(S_r)·V_rᵀ`` and ``B = U_r·sqrt(S_r)`` split the singular values
-        evenly between the factors, so neither factor's scale dominates when both are fine-tuned. The bias
-        is copied to ``B``. The SVD runs in float32 at least, whatever the Linear's dtype.
-        """
-        full = min(linear.in_features, linear.out_features)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
-            raise ConfigError(
-                "rank", rank, f"an integer in [1, {full}] (min of the Linear's in/out features)"
-            )
-        weight = linear.weight.detach()
-        U, S, Vh = torch.linalg.svd(
-            weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False
-        )
-        root = S[:rank].sqrt()
-        factorized = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
-        factorized.to(device=weight.device, dtype=weight.dtype)
+    def from_factors(cls, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) -> FactorizedLinear:
+        """From ``A`` [rank, in] and ``B`` [out, rank] (any factorization ``W ≈ B·A``, e.g. DRONE's)."""
+        factorized = cls(A.shape[1], B.shape[0], A.shape[0], bias=bias is not None)
+        factorized.to(device=A.device, dtype=A.dtype)
         with torch.no_grad():
-            factorized.A.weight.copy_(root[:, None] * Vh[:rank])
-            factorized.B.weight.copy_(U[:, :rank] * root[None, :])
-            if linear.bias is not None:
-                factorized.B.bias.copy_(linear.bias.detach())
+            factorized.A.weight.copy_(A)
+            factorized.B.weight.copy_(B)
+            if bias is not None:
+                factorized.B.bias.copy_(bias.detach())
         return factorized
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int) -> FactorizedLinear:
+        """The rank-``rank`` truncated SVD of ``linear`` (exact at full rank), on its device and dtype."""
+        return cls.from_factors(*weight_spectrum(linear.weight).factors(rank), linear.bias)
 
     def artifact_spec(self) -> dict:
         """Constructor arguments (shapes only): the weights come from the artifact's safetensors file."""
@@ -79,3 +71,55 @@ class FactorizedLinear(nn.Module):
     @classmethod
     def from_artifact_spec(cls, spec: dict) -> FactorizedLinear:
         return cls(int(spec["in_features"]), int(spec["out_features"]), int(spec["rank"]), bool(spec["bias"]))
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """The SVD ``U·diag(S)·Vhᵀ`` of the matrix a rank is chosen on, and the map back to the weight's input
+    space (``unwhiten``, for DRONE; none for plain SVD). ``factors(r)`` splits the ``r`` leading singular values
+    evenly between the two factors (``A = √S_r·Vh_r·unwhiten``, ``B = U_r·√S_r``), so neither factor's scale
+    dominates when both are fine-tuned."""
+
+    U: Tensor
+    S: Tensor
+    Vh: Tensor
+    unwhiten: Tensor | None
+    dtype: torch.dtype
+
+    @property
+    def full_rank(self) -> int:
+        return self.S.numel()
+
+    def rank_for_energy(self, energy: float) -> int:
+        """The smallest rank whose singular values keep ``energy`` of the squared spectrum (Σ S_i²)."""
+        kept = torch.cumsum(self.S.double() ** 2, 0) / (self.S.double() ** 2).sum()
+        return min(int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype))) + 1, self.full_rank)
+
+    def factors(self, rank: int) -> tuple[Tensor, Tensor]:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.full_rank:
+            raise ConfigError("rank", rank, f"an integer in [1, {self.full_rank}] (min of the Linear's in/out features)")
+        root = self.S[:rank].sqrt()
+        A = root[:, None] * self.Vh[:rank]
+        if self.unwhiten is not None:
+            A = A @ self.unwhiten
+        return A.to(self.dtype), (self.U[:, :rank] * root[None, :]).to(self.dtype)
+
+
+def weight_spectrum(weight: Tensor) -> Spectrum:
+    """Plain SVD of the weight: the factors minimise ``‖W − B·A‖_F`` (Eckart–Young). In float32 at least."""
+    w = weight.detach()
+    U, S, Vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
+    return Spectrum(U, S, Vh, None, w.dtype)
+
+
+def output_spectrum(weight: Tensor, gram: Tensor, damping: float = 1e-6) -> Spectrum:
+    """DRONE's data-aware spectrum (Chen et al. 2021, §3): the factors minimise the error of the layer's
+    *outputs* on calibration inputs ``X``, ``‖W·X − B·A·X‖_F``, whose closed form is the truncated SVD of
+    ``W·G^{1/2}`` mapped back by ``G^{-1/2}``, with ``G = X·Xᵀ`` the inputs' Gram matrix (``gram``, [in, in]).
+    ``damping`` adds ``damping·mean(eig G)`` to ``G``'s eigenvalues, so directions the data never visits keep
+    the plain-SVD behaviour instead of an arbitrary one. In float64."""
+    eigenvalues, Q = torch.linalg.eigh(gram.double())
+    eigenvalues = eigenvalues.clamp_min(0) + damping * eigenvalues.clamp_min(0).mean()
+    root = eigenvalues.sqrt()
+    U, S, Vh = torch.linalg.svd(weight.detach().double() @ (Q * root), full_matrices=False)
+    return Spectrum(U, S, Vh, (Q / root).T, weight.dtype)

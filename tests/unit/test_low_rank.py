@@ -1,0 +1,80 @@
+"""Low-rank factorization: SVD and DRONE factors, the rank rules, and DRONE's promise — smaller output error
+than SVD's on the data it was fitted to, at equal rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slimnlp.batch import model_inputs
+from slimnlp.errors import ConfigError
+from slimnlp.modules.factorized import FactorizedLinear, output_spectrum, weight_spectrum
+from slimnlp.techniques.drone import input_grams
+from slimnlp.techniques.low_rank import LowRankFactorization, check_rank_choice, pays
+
+
+def test_full_rank_factors_reproduce_the_layer_both_ways():
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 40)
+    x = torch.randn(5, 24)
+    X = torch.randn(24, 300)
+    for spectrum in (weight_spectrum(linear.weight), output_spectrum(linear.weight, X @ X.T)):
+        layer = FactorizedLinear.from_factors(*spectrum.factors(24), linear.bias)
+        torch.testing.assert_close(layer(x), linear(x), atol=1e-5, rtol=1e-4)
+
+
+def test_drone_output_error_is_at_most_svds_on_the_models_own_activations(tiny_bert, tiny_batch):
+    linears = [m for m in tiny_bert.bert.encoder.modules() if isinstance(m, nn.Linear)]
+    grams = input_grams(tiny_bert, linears, [tiny_batch, tiny_batch])
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(id(mod), args[0])) for m in linears]
+    with torch.no_grad():
+        tiny_bert(**model_inputs(tiny_batch))
+    for h in hooks:
+        h.remove()
+    mask = tiny_batch["attention_mask"].bool()
+    wins = 0
+    for linear in linears:
+        X = inputs[id(linear)][mask].double().T  # real tokens only, as the Gram matrix
+        # the hooks saw the batch twice: the Gram matrix is twice this batch's
+        torch.testing.assert_close(grams[id(linear)], 2 * X @ X.T)
+        for rank in (2, 8):
+            errors = []
+            for spectrum in (weight_spectrum(linear.weight), output_spectrum(linear.weight, grams[id(linear)])):
+                A, B = spectrum.factors(rank)
+                errors.append(float(((linear.weight.detach().double() - B.double() @ A.double()) @ X).norm()))
+            assert errors[1] <= errors[0] * (1 + 1e-6)
+            wins += errors[1] < 0.95 * errors[0]
+    assert wins > len(linears)  # and usually clearly smaller, not just equal
+
+
+def test_energy_picks_the_smallest_rank_keeping_that_share():
+    weight = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5]))  # squared spectrum 9, 4, 1, 0.25 of 14.25
+    spectrum = weight_spectrum(weight)
+    assert [spectrum.rank_for_energy(e) for e in (0.5, 9 / 14.25, 0.9, 0.92, 0.99, 1.0)] == [1, 1, 2, 3, 4, 4]
+
+
+def test_a_rank_pays_only_below_the_break_even():
+    linear = nn.Linear(384, 1536)
+    assert pays(307, linear) and not pays(308, linear)  # 384·1536 / (384 + 1536) = 307.2
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [({}, r"exactly one"), ({"rank": 4, "rank_ratio": 0.5}, r"exactly one"), ({"rank": 0}, r"technique\.rank.*>= 1"),
+     ({"rank_ratio": 1.5}, r"technique\.rank_ratio.*\(0, 1\]"), ({"energy": 0}, r"technique\.energy")],
+)
+def test_rank_choices_are_checked_in_one_line(given, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        check_rank_choice(given.get("rank"), given.get("rank_ratio"), given.get("energy"))
+    assert "\n" not in str(err.value)
+
+
+def test_stages_factorize_then_recover():
+    stages = LowRankFactorization.stages(**LowRankFactorization.defaults_filled(rank=4, recover_epochs=3))
+    assert [(s.name, s.hparams, s.max_epochs) for s in stages] == [
+        ("factorize", {"phase": "factorize"}, None), ("recover", {"phase": "recover"}, 3)]
+    assert LowRankFactorization.requirements(phase="factorize").trains is False
+    assert LowRankFactorization.requirements(phase="recover", recover="kd").teacher
+    assert [s.name for s in LowRankFactorization.stages(recover="none")] == ["factorize"]
