@@ -56,13 +56,28 @@ def test_a_rank_that_saves_nothing_keeps_the_layer_dense(tiny_setup):
     assert results["metrics"]["eff/params"] == results["metrics"]["teacher/eff/params"]
 
 
+def test_embedding_factorization_shrinks_the_table_and_recovers(tiny_setup):
+    from slimnlp.modules.factorized import FactorizedEmbedding
+
+    results = run_tiny(tiny_setup, "emb", "technique=embedding_factorization", "student=4L",
+                       "student.init_from=finetuned", "technique.rank=8")
+    m = results["metrics"]
+    student = load_student(tiny_setup[0] / "outputs" / "runs" / "emb" / "student")
+    table = student.bert.embeddings.word_embeddings
+    assert isinstance(table, FactorizedEmbedding) and table.rank == 8 == m["compress/embedding_rank"]
+    vocab = table.num_embeddings
+    assert m["teacher/eff/params"] - m["eff/params"] == vocab * (32 - 8) - 8 * 32
+    assert m["eff/disk_bytes"] < m["teacher/eff/disk_bytes"] and m["train/optimizer_steps"] > 0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["technique=svd", "technique.rank=1000", "technique.rank_ratio=null"], r"technique\.rank.*1000.*at most 32"),
      (["technique=drone", "technique.rank=4"], r"exactly one"),
      (["technique=svd", "technique.recover=distill"], r"technique\.recover.*distill"),
      (["technique=drone", "technique.damping=-1"], r"technique\.damping.*-1"),
-     (["technique=svd", "technique.targets=[classifier]"], r"technique\.targets.*classifier")],
+     (["technique=svd", "technique.targets=[classifier]"], r"technique\.targets.*classifier"),
+     (["technique=embedding_factorization", "technique.rank=32"], r"technique\.rank.*32.*below student\.hidden_size")],
 )
 def test_bad_low_rank_settings_fail_in_one_line_before_training(tiny_setup, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:

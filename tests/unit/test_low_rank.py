@@ -78,3 +78,24 @@ def test_stages_factorize_then_recover():
     assert LowRankFactorization.requirements(phase="factorize").trains is False
     assert LowRankFactorization.requirements(phase="recover", recover="kd").teacher
     assert [s.name for s in LowRankFactorization.stages(recover="none")] == ["factorize"]
+
+
+def test_a_factorized_embedding_at_full_rank_is_the_table_and_shrinks_below_it(tiny_bert, tiny_batch, tmp_path):
+    from slimnlp.artifacts import load_student, save_student
+    from slimnlp.metrics.efficiency import parameter_counts
+    from slimnlp.modules.factorized import FactorizedEmbedding
+
+    table = tiny_bert.bert.embeddings.word_embeddings
+    ids = tiny_batch["input_ids"]
+    full = FactorizedEmbedding.from_embedding(table, weight_spectrum(table.weight), 32)
+    torch.testing.assert_close(full(ids), table(ids), atol=1e-5, rtol=1e-4)
+    before = parameter_counts(tiny_bert)
+    tiny_bert.bert.embeddings.word_embeddings = FactorizedEmbedding.from_embedding(
+        table, weight_spectrum(table.weight), 8)
+    after = parameter_counts(tiny_bert)
+    assert before["params"] - after["params"] == table.num_embeddings * (32 - 8) - 8 * 32
+    assert after["params_nonembedding"] == before["params_nonembedding"]  # the projection counts as embedding
+    with torch.no_grad():
+        logits = tiny_bert(**model_inputs(tiny_batch)).logits
+        reloaded = load_student(save_student(tiny_bert, tmp_path / "s"))(**model_inputs(tiny_batch)).logits
+    torch.testing.assert_close(reloaded, logits)

@@ -18,11 +18,13 @@ from torch import nn
 
 from slimnlp.modules.binary import BinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
+from slimnlp.modules.factorized import FactorizedEmbedding
 from slimnlp.modules.quantization import QuantizedEmbedding, QuantizedLinear
 
 
 def parameter_counts(model: nn.Module) -> dict[str, float]:
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    tables = nn.Embedding | FactorizedEmbedding  # ALBERT counts the factorized table's projection as embedding
+    embedding = {id(p) for m in model.modules() if isinstance(m, tables) for p in m.parameters()}
     params = list(model.parameters())
     kinds = QuantizedLinear | CodebookLinear | QuantizedEmbedding | BinaryLinear
     quantized = [m for m in model.modules() if isinstance(m, kinds)]

@@ -73,6 +73,51 @@ class FactorizedLinear(nn.Module):
         return cls(int(spec["in_features"]), int(spec["out_features"]), int(spec["rank"]), bool(spec["bias"]))
 
 
+
+@register_module_kind("factorized_embedding")
+class FactorizedEmbedding(nn.Module):
+    """ALBERT's factorized embedding parameterization (Lan et al. 2020, §3.1): a ``V × E`` table followed by an
+    ``E × H`` projection instead of one ``V × H`` table, ``V·E + E·H`` weights instead of ``V·H``. A drop-in
+    replacement for the word-embedding ``nn.Embedding``: ids in, ``H``-wide vectors out."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.rank = num_embeddings, embedding_dim, rank
+        self.padding_idx = padding_idx
+        self.table = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx)
+        self.projection = nn.Linear(rank, embedding_dim, bias=False)
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, spectrum: Spectrum, rank: int) -> FactorizedEmbedding:
+        """From the rank-``rank`` SVD of ``embedding``'s table (``spectrum`` of its weight): rows ``U_r·√S_r``,
+        projection ``√S_r·V_rᵀ``."""
+        A, B = spectrum.factors(rank)  # weight [V, H] ≈ B [V, r] · A [r, H]
+        factorized = cls(embedding.num_embeddings, embedding.embedding_dim, rank, embedding.padding_idx)
+        factorized.to(device=A.device, dtype=A.dtype)
+        with torch.no_grad():
+            factorized.table.weight.copy_(B)
+            factorized.projection.weight.copy_(A.T)
+        return factorized
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.projection(self.table(ids))
+
+    @property
+    def weight(self) -> Tensor:
+        """The ``V × H`` table this factorization stands for (for code that reads ``word_embeddings.weight``)."""
+        return self.projection(self.table.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, rank={self.rank}"
+
+    def artifact_spec(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "rank": self.rank,
+                "padding_idx": self.padding_idx}
+
+    @classmethod
+    def from_artifact_spec(cls, spec: dict) -> FactorizedEmbedding:
+        return cls(int(spec["num_embeddings"]), int(spec["embedding_dim"]), int(spec["rank"]), spec.get("padding_idx"))
+
 @dataclass(frozen=True)
 class Spectrum:
     """The SVD ``U·diag(S)·Vhᵀ`` of the matrix a rank is chosen on, and the map back to the weight's input

@@ -53,29 +53,27 @@ def pays(rank: int, linear: nn.Linear) -> bool:
     return rank * (linear.in_features + linear.out_features) < linear.in_features * linear.out_features
 
 
-class LowRankFactorization(Technique):
-    """Factorize the target Linears (``spectra`` says on which matrix each rank is chosen; plain SVD here),
-    then recover (module docstring)."""
+class FactorizeThenRecover(Technique):
+    """The two stages and the rank rule every low-rank technique shares; subclasses say what ``compress``
+    factorizes."""
 
     def __init__(self, rank: int | None = None, rank_ratio: float | None = None, energy: float | None = None,
-                 targets: Sequence[str] = ("encoder",), recover: str = "kd", recover_epochs: int | None = None,
-                 alpha: float = 0.5, temperature: float = 2.0, phase: str = "both", **base: Any) -> None:
+                 recover: str = "kd", recover_epochs: int | None = None, alpha: float = 0.5, temperature: float = 2.0,
+                 phase: str = "both", **base: Any) -> None:
         super().__init__(**base)
         type(self).validate_hparams(**self.hparams)
         if phase == "both":
             raise ConfigError("technique.phase", phase, "factorize or recover when built directly; the runner runs "
                               "the stages of stages()")
         self.rank, self.rank_ratio, self.energy = rank, rank_ratio, energy
-        self.targets, self.recover, self.phase = tuple(targets), recover, phase
+        self.recover, self.phase = recover, phase
         self.alpha, self.temperature = alpha, temperature
 
     # ------------------------------------------------------------ config
     @classmethod
-    def validate_hparams(cls, rank: Any, rank_ratio: Any, energy: Any, targets: Sequence[str], recover: str,
-                         recover_epochs: Any, alpha: float, temperature: float, phase: str, **_: Any) -> None:
+    def validate_hparams(cls, rank: Any, rank_ratio: Any, energy: Any, recover: str, recover_epochs: Any,
+                         alpha: float, temperature: float, phase: str, **_: Any) -> None:
         check_rank_choice(rank, rank_ratio, energy)
-        if not targets or any(t not in FACTORIZABLE_PARTS for t in targets):
-            raise ConfigError("technique.targets", list(targets), f"a non-empty subset of {list(FACTORIZABLE_PARTS)}")
         if recover not in RECOVERY:
             raise ConfigError("technique.recover", recover, f"one of {list(RECOVERY)}")
         if recover_epochs is not None and (not isinstance(recover_epochs, int) or isinstance(recover_epochs, bool)
@@ -94,19 +92,49 @@ class LowRankFactorization(Technique):
         return recovery if phase == "recover" else Requirements.union([factorize, recovery])
 
     @classmethod
-    def check_models(cls, models: ModelConfigs, rank: int | None = None, **_: Any) -> None:
-        full = min(models.student.hidden_size, getattr(models.student, "intermediate_size", models.student.hidden_size))
-        if rank is not None and rank > full:
-            raise ConfigError("technique.rank", rank, f"at most {full}, the full rank of the student's smallest "
-                              "target Linear (min of student.hidden_size and student.intermediate_size)")
-
-    @classmethod
     def stages(cls, phase: str = "both", recover: str = "kd", recover_epochs: int | None = None,
                **_: Any) -> list[Stage]:
         if phase != "both":
             raise ConfigError("technique.phase", phase, "both (the stages set factorize and recover themselves)")
         factorize = Stage("factorize", {"phase": "factorize"})
         return [factorize] if recover == "none" else [factorize, Stage("recover", {"phase": "recover"}, recover_epochs)]
+
+    def rank_of(self, spectrum: Spectrum) -> int:
+        if self.rank is not None:
+            return min(self.rank, spectrum.full_rank)
+        if self.rank_ratio is not None:
+            return max(1, round(self.rank_ratio * spectrum.full_rank))
+        return spectrum.rank_for_energy(self.energy)
+
+    # ------------------------------------------------------------ recover
+    def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        logits = self(batch)
+        if self.recover == "kd":
+            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
+        ce = F.cross_entropy(logits, batch["labels"])
+        return {"loss": ce, "loss/ce": ce}
+
+
+class LowRankFactorization(FactorizeThenRecover):
+    """Factorize the target Linears (``spectra`` says on which matrix each rank is chosen; plain SVD here),
+    then recover (module docstring)."""
+
+    def __init__(self, targets: Sequence[str] = ("encoder",), **base: Any) -> None:
+        super().__init__(**base)
+        self.targets = tuple(targets)
+
+    @classmethod
+    def validate_hparams(cls, targets: Sequence[str], **rest: Any) -> None:
+        if not targets or any(t not in FACTORIZABLE_PARTS for t in targets):
+            raise ConfigError("technique.targets", list(targets), f"a non-empty subset of {list(FACTORIZABLE_PARTS)}")
+        super().validate_hparams(**rest)
+
+    @classmethod
+    def check_models(cls, models: ModelConfigs, rank: int | None = None, **_: Any) -> None:
+        full = min(models.student.hidden_size, getattr(models.student, "intermediate_size", models.student.hidden_size))
+        if rank is not None and rank > full:
+            raise ConfigError("technique.rank", rank, f"at most {full}, the full rank of the student's smallest "
+                              "target Linear (min of student.hidden_size and student.intermediate_size)")
 
     # ------------------------------------------------------------ factorize
     def target_linears(self) -> list[tuple[str, nn.Linear]]:
@@ -119,13 +147,6 @@ class LowRankFactorization(Technique):
                 calibration: Iterable[Mapping[str, Tensor]]) -> dict[str, Spectrum]:
         """The matrix each layer's rank is chosen on and factorized from. Plain SVD: the weight itself."""
         return {path: weight_spectrum(linear.weight) for path, linear in linears}
-
-    def rank_of(self, spectrum: Spectrum) -> int:
-        if self.rank is not None:
-            return min(self.rank, spectrum.full_rank)
-        if self.rank_ratio is not None:
-            return max(1, round(self.rank_ratio * spectrum.full_rank))
-        return spectrum.rank_for_energy(self.energy)
 
     @torch.no_grad()
     def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
@@ -141,14 +162,6 @@ class LowRankFactorization(Technique):
         log.info("%s: %d of %d Linears factorized (%d kept dense: their rank saves nothing)", type(self).__name__,
                  len(linears) - kept_dense, len(linears), kept_dense)
         return {}
-
-    # ------------------------------------------------------------ recover
-    def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch)
-        if self.recover == "kd":
-            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
-        ce = F.cross_entropy(logits, batch["labels"])
-        return {"loss": ce, "loss/ce": ce}
 
     def compression_metrics(self) -> dict[str, float]:
         layers = [m for m in self.student.modules() if isinstance(m, FactorizedLinear)]
