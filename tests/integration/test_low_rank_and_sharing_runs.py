@@ -1,4 +1,4 @@
-"""Low-rank factorization through train.py on the tiny setup: the factorize stage, then recovery; smaller
+"""Low-rank factorization and layer sharing through train.py on the tiny setup: the factorize stage, then recovery; smaller
 artifacts that reload as factorized Linears; one-line errors before training."""
 
 from __future__ import annotations
@@ -82,4 +82,28 @@ def test_embedding_factorization_shrinks_the_table_and_recovers(tiny_setup):
 def test_bad_low_rank_settings_fail_in_one_line_before_training(tiny_setup, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         run_tiny(tiny_setup, "low_rank_bad", *overrides, "student=4L")
+    assert "\n" not in str(err.value)
+
+
+def test_layer_sharing_saves_bytes_not_flops(tiny_setup):
+    results = run_tiny(tiny_setup, "share", "technique=layer_sharing", "student=4L", "technique.strategy=cycle",
+                       "technique.unique_layers=2")
+    m = results["metrics"]
+    assert m["compress/unique_layers"] == 2 and m["compress/layer_positions"] == 4
+    layers = load_student(tiny_setup[0] / "outputs" / "runs" / "share" / "student").bert.encoder.layer
+    assert layers[0] is layers[2] and layers[1] is layers[3]
+    layer_params = sum(p.numel() for p in layers[0].parameters())
+    assert m["teacher/eff/params"] - m["eff/params"] == 2 * layer_params
+    assert m["eff/flops"] == m["teacher/eff/flops"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["technique.strategy=cycle", "technique.unique_layers=3"], r"technique\.unique_layers.*3.*divisor of student"),
+     (["technique.strategy=all", "technique.unique_layers=2"], r"technique\.unique_layers.*2.*null for all"),
+     (["technique.strategy=ring"], r"technique\.strategy.*ring")],
+)
+def test_bad_sharing_fails_in_one_line(tiny_setup, overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        run_tiny(tiny_setup, "share_bad", "technique=layer_sharing", "student=4L", *overrides)
     assert "\n" not in str(err.value)
