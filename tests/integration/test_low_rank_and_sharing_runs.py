@@ -1,5 +1,5 @@
-"""Low-rank factorization and layer sharing through train.py on the tiny setup: the factorize stage, then recovery; smaller
-artifacts that reload as factorized Linears; one-line errors before training."""
+"""Low-rank factorization and layer sharing through train.py on the tiny setup: the factorize stage, then
+recovery; smaller artifacts that reload as factorized (or shared) layers; one-line errors before training."""
 
 from __future__ import annotations
 
