@@ -33,3 +33,25 @@ def report(kept: Path, group_by: str, columns: str) -> None:
                "--columns", columns, "--out", str(kept)]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=False)
+
+
+def main(description: str, table: dict[str, list[str]], common: list[str], name: str, group_by: str,
+         columns: str) -> None:
+    """The command line of a cell-by-cell experiment: ``[--cells NAME ...] [--list] [--out DIR] [--report-only]``;
+    cells kept in ``experiments/<name>/cells``, run folders in ``outputs/experiments/<name>``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cells", nargs="+", choices=list(table), metavar="CELL", help="cell names (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the cell names and exit")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "experiments" / name)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(table))
+        return
+    kept = REPO / "experiments" / name
+    if not args.report_only:
+        for cell in args.cells or table:
+            run_cell(cell, [*table[cell], *common], args.out / cell, kept)
+    report(kept, group_by, columns)

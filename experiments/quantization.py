@@ -20,10 +20,7 @@ fill over several sessions; the report goes to ``experiments/quantization/``.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from kept_cells import REPO, report, run_cell
+from kept_cells import main
 
 COMMON = ["student=6L", "student.init_from=finetuned", "eval.robustness.attacks=[]", "energy.enabled=false",
           "trainer.enable_progress_bar=false"]
@@ -59,23 +56,5 @@ def cells() -> dict[str, list[str]]:
             for name, (overrides, seeds) in SETTINGS.items() for seed in seeds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", nargs="+", help="cell names (default: all); see --list")
-    parser.add_argument("--list", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "experiments" / "quantization")
-    parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
-    table = cells()
-    if args.list:
-        print("\n".join(table))
-        return
-    kept = REPO / "experiments" / "quantization"
-    if not args.report_only:
-        for name in args.cells or table:
-            run_cell(name, [*table[name], *COMMON], args.out / name, kept)
-    report(kept, GROUP_BY, COLUMNS)
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__.splitlines()[0], cells(), COMMON, "quantization", GROUP_BY, COLUMNS)
