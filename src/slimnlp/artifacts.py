@@ -36,6 +36,12 @@ Module kinds are a registry: a technique decorates its module class with ``@regi
 with ``register_external_kind``. Each manifest entry names the Python module whose import performs the
 registration, and ``load_student`` imports it when the kind is not registered yet, so loading never depends
 on what the caller happened to import (and this file never lists the techniques' modules).
+
+A *wrapping* kind (``@register_module_kind("...", wraps=True)``) is built around the config-built module it
+replaces: ``from_artifact_spec(spec, wrapped)`` receives that module and keeps its children (an early-exit
+encoder keeps the encoder's layers and runs them its own way). Those children stay described path by path, as
+anywhere else in the model (a factorized Linear inside a wrapped encoder is recorded as usual); only the children
+the wrapper adds are its own to build.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ class ArtifactModule(Protocol):
 
     @classmethod
     def from_artifact_spec(cls, spec: dict) -> nn.Module:
-        """An uninitialized module of that shape; the weights are loaded afterwards."""
+        """An uninitialized module of that shape; the weights are loaded afterwards. A wrapping kind's takes
+        ``(spec, wrapped)``: the config-built module it replaces, whose children it keeps."""
         ...
 
 
@@ -90,8 +97,9 @@ class _Kind:
     name: str
     cls: type[nn.Module]
     spec: Callable[[nn.Module], dict]
-    build: Callable[[dict], nn.Module]
+    build: Callable[..., nn.Module]  # (spec) or, wrapping, (spec, wrapped)
     module: str  # the import that performs this registration
+    wraps: bool = False  # built around the config-built module it replaces, keeping that module's children
 
 
 _KINDS: dict[str, _Kind] = {}
@@ -105,27 +113,30 @@ def register_external_kind(
     cls: type[nn.Module],
     *,
     spec: Callable[[nn.Module], dict],
-    build: Callable[[dict], nn.Module],
+    build: Callable[..., nn.Module],
     module: str,
+    wraps: bool = False,
 ) -> None:
     """Register ``kind`` for a class that cannot carry the methods itself (e.g. torch's ``nn.Linear``).
 
     ``module`` is the import path whose import runs this call: manifests record it so that loading imports
     it first. Classes are matched exactly (a subclass may take other constructor arguments). Registering a
     kind again for the same class (a re-import) replaces it; for another class it is a programming error.
+    ``wraps``: ``build(spec, wrapped)`` is given the config-built module it replaces (see the module docstring).
     """
     known = _KINDS.get(kind)
     if known is not None and _qualified(known.cls) != _qualified(cls):
         raise ValueError(f"artifact kind {kind!r} is already registered for {_qualified(known.cls)}")
     if known is not None:
         _KIND_OF_CLASS.pop(known.cls, None)
-    _KINDS[kind] = _Kind(kind, cls, spec, build, module)
+    _KINDS[kind] = _Kind(kind, cls, spec, build, module, wraps)
     _KIND_OF_CLASS[cls] = kind
 
 
-def register_module_kind(kind: str) -> Callable[[M], M]:
+def register_module_kind(kind: str, *, wraps: bool = False) -> Callable[[M], M]:
     """Class decorator: modules of this class are saved as ``{"kind": kind, "spec": m.artifact_spec()}``
-    and rebuilt with ``cls.from_artifact_spec(spec)``. Registration happens when the class's module is
+    and rebuilt with ``cls.from_artifact_spec(spec)`` (``wraps``: ``cls.from_artifact_spec(spec, wrapped)``,
+    around the config-built module found at that path). Registration happens when the class's module is
     imported, which is why manifests name that module."""
 
     def decorate(cls: M) -> M:
@@ -133,7 +144,8 @@ def register_module_kind(kind: str) -> Callable[[M], M]:
             if not callable(getattr(cls, method, None)):
                 raise TypeError(f"{cls.__qualname__} must implement {method} to be an artifact kind")
         register_external_kind(
-            kind, cls, spec=lambda m: m.artifact_spec(), build=cls.from_artifact_spec, module=cls.__module__
+            kind, cls, spec=lambda m: m.artifact_spec(), build=cls.from_artifact_spec, module=cls.__module__,
+            wraps=wraps,
         )
         return cls
 
@@ -307,12 +319,13 @@ def _own_shapes(module: nn.Module) -> tuple:
 
 
 def _replacements(model: PreTrainedModel, fresh: PreTrainedModel) -> dict[str, dict]:
-    """Outermost modules whose type or own shapes differ from the fresh model's (or that it lacks)."""
+    """Outermost modules whose type or own shapes differ from the fresh model's (or that it lacks); inside a
+    wrapping kind, the children it kept from the module it wraps are compared like the rest of the model."""
     fresh_modules = dict(fresh.named_modules())
     found: dict[str, dict] = {}
-    covered: str | None = None  # named_modules is depth-first: the subtree of the last replacement
+    covered: list[str] = []  # subtrees a replacement builds itself
     for path, module in model.named_modules():  # each module once: aliases are recorded as sharing
-        if covered is not None and _within(path, covered):
+        if any(_within(path, c) for c in covered):
             continue
         ref = fresh_modules.get(path)
         if ref is not None and type(ref) is type(module) and _own_shapes(ref) == _own_shapes(module):
@@ -331,8 +344,15 @@ def _replacements(model: PreTrainedModel, fresh: PreTrainedModel) -> dict[str, d
                 f"@register_module_kind); known kinds: {', '.join(registered_kinds())}",
             )
         entry = _KINDS[kind]
+        if entry.wraps and ref is None:
+            raise ConfigError("artifact.module", path, f"a module of the config-built model for the wrapping kind {kind!r} "
+                              "to be built around")
         found[path] = {"kind": kind, "module": entry.module, "spec": entry.spec(module)}
-        covered = path
+        if entry.wraps:
+            prefix = f"{path}." if path else ""
+            covered += [prefix + name for name in module._modules if prefix + name not in fresh_modules]
+        else:
+            covered.append(path)
     return found
 
 
@@ -503,13 +523,16 @@ def _rebuild(
     device: str | None = None,
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """The config-built model with the manifest applied: replacements first (outermost modules, so never
-    nested), then sharing (canonical paths exist by then, also inside rebuilt modules)."""
+    """The config-built model with the manifest applied: replacements first (outermost modules, nested only
+    inside the children a wrapping kind kept, which exist by the time the inner ones are set), then sharing
+    (canonical paths exist by then, also inside rebuilt modules)."""
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with torch.device(device or "cpu"):
         model = AutoModelForSequenceClassification.from_config(config, **kwargs)
-        for path, entry in manifest["replacements"].items():
-            _set(model, path, _kind_for_entry(path, entry).build(entry["spec"]))
+        for path, entry in manifest["replacements"].items():  # outer before inner: a wrapper keeps its children
+            kind = _kind_for_entry(path, entry)
+            wrapped = (_get(model, path, f"replacements.{path}"),) if kind.wraps else ()
+            _set(model, path, kind.build(entry["spec"], *wrapped))
     for alias, canonical in manifest["shared"].items():
         _set(model, alias, _get(model, canonical, f"shared.{alias}"))
     from slimnlp.models.surgery import sync_head_counts  # slimnlp.models imports this module

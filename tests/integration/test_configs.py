@@ -17,8 +17,12 @@ GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name 
 REQUIRED = {  # options with mandatory values (??? or checked: one of two keys) need one to compose
     ("data", "local"): ["data.source.path=/tmp/x.csv"],
     ("technique", "drop_layers"): ["technique.depth=2"],
+    ("technique", "early_exit"): ["technique.patience=2"],
     ("teacher", "path"): ["teacher.name_or_path=/tmp/teacher"],
     ("student", "path"): ["student.path=/tmp/student"],
+    # defaults sized for the 384-wide, 6-layer default that the tiny models below cannot take
+    ("technique", "embedding_factorization"): ["technique.rank=16"],  # E below the tiny width (48)
+    ("technique", "layer_sharing"): ["technique.unique_layers=1"],  # a divisor of the tiny student's 2 layers
 }
 CASES = [(group, option) for group in GROUPS for option in group_options(group)]
 

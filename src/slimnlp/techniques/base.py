@@ -15,7 +15,9 @@ never written into checkpoints, never wrapped by DDP. Subclasses write only what
 - ``compress(calibration)``: the whole job of a post-training technique (``Requirements(trains=False)``);
 - ``export_student()``: the model that is measured and saved (materialized, quantized …); it must save and
   reload through ``slimnlp.artifacts`` (register a rebuilder for any module kind it introduces);
-- ``compression_metrics()``: ``compress/*`` figures measured on that export (its real sparsity …).
+- ``compression_metrics()``: ``compress/*`` figures measured on that export (its real sparsity …);
+- ``predict(batch)``: the student's predictions as evaluation reads them; a student whose depth varies per
+  example (early exit) also says how many layers each example ran, logged as ``<split>/avg_exit_layer``.
 
 Validation and test are shared: every technique is evaluated by the same code, which is what makes the
 comparison between techniques fair.
@@ -133,6 +135,14 @@ class TaskInfo:
             primary_metric=dm.primary_metric,
             test_split_names=tuple(dm.test_split_names),
         )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A technique's predictions on one evaluation batch."""
+
+    logits: Tensor  # [batch, num_labels]
+    exit_layers: Tensor | None = None  # [batch] encoder layers each example ran (early exit); None: all of them
 
 
 def fidelity_key(name: str, split: str) -> str:
@@ -396,20 +406,34 @@ class Technique(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- evaluation
+    def predict(self, batch: Mapping[str, Tensor]) -> Prediction:
+        """The student's predictions on an evaluation batch. Override when the student reports more than
+        logits (an early-exit student: the layers each example ran)."""
+        return Prediction(self(batch))
+
+    def _log_exit_layers(self, prediction: Prediction, split: str, bs: int) -> None:
+        if prediction.exit_layers is not None:  # a per-example mean: Lightning weights each batch by its size
+            self.log(f"{split}/avg_exit_layer", prediction.exit_layers.float().mean(), batch_size=bs,
+                     add_dataloader_idx=False)
+
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch)
+        prediction = self.predict(batch)
+        logits = prediction.logits
         bs = batch["labels"].shape[0]
         self.log("val/loss", F.cross_entropy(logits, batch["labels"]), batch_size=bs)
         self.val_metrics.update(logits.argmax(-1), batch["labels"])
         self.log_dict(self.val_metrics, batch_size=bs, prog_bar=True)
+        self._log_exit_layers(prediction, "val", bs)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.task.test_split_names[dataloader_idx]
         labels, bs = batch["labels"], batch["labels"].shape[0]
-        logits_S = self(batch)
+        prediction = self.predict(batch)
+        logits_S = prediction.logits
         student = self.test_metrics[f"student_{split}"]
         student.update(logits_S.argmax(-1), labels)
         self.log_dict(student, batch_size=bs, add_dataloader_idx=False)
+        self._log_exit_layers(prediction, split, bs)
         if self._teacher is None:
             return
         with torch.no_grad():
