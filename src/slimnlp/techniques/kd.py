@@ -37,6 +37,22 @@ def hinton_losses(
     return {"loss": alpha * ce + (1.0 - alpha) * soft, "loss/ce": ce, "loss/kd": soft}
 
 
+def check_optional_kd(distill: Any, alpha: float, temperature: float) -> None:
+    """``distill``/``alpha``/``temperature`` of a technique whose teacher term is optional."""
+    if not isinstance(distill, bool):
+        raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
+    check_kd_weights(alpha, temperature)
+
+
+def kd_or_ce(logits_S: Tensor, labels: Tensor, logits_T: Tensor | None, alpha: float,
+             temperature: float) -> dict[str, Tensor]:
+    """``hinton_losses`` when there are teacher logits, the task's CE alone when there are none."""
+    if logits_T is not None:
+        return hinton_losses(logits_S, logits_T, labels, alpha, temperature)
+    ce = F.cross_entropy(logits_S, labels)
+    return {"loss": ce, "loss/ce": ce}
+
+
 class LogitKD(Technique):
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, loss: str = "kl", **base: Any) -> None:
         self.validate_hparams(alpha=alpha, temperature=temperature, loss=loss)

@@ -26,13 +26,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
-from slimnlp.techniques.kd import check_kd_weights, hinton_losses
+from slimnlp.techniques.kd import check_optional_kd, kd_or_ce
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("all", "sequence", "cycle", "cycle_rev", "sandwich")
@@ -77,9 +76,7 @@ class LayerSharing(Technique):
             raise ConfigError("technique.unique_layers", unique_layers, f"a number of distinct layers >= 1 for {strategy}")
         if strategy not in REPEATING and unique_layers is not None:
             raise ConfigError("technique.unique_layers", unique_layers, f"null for {strategy} (its pattern fixes it)")
-        if not isinstance(distill, bool):
-            raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
-        check_kd_weights(alpha, temperature)
+        check_optional_kd(distill, alpha, temperature)
 
     @classmethod
     def requirements(cls, distill: bool = True, **_: Any) -> Requirements:
@@ -109,11 +106,8 @@ class LayerSharing(Technique):
                  self.strategy, self.pattern, list(first_use.values()))
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch)
-        if self.distill:
-            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
-        ce = F.cross_entropy(logits, batch["labels"])
-        return {"loss": ce, "loss/ce": ce}
+        teacher = self.teacher_logits(batch) if self.distill else None
+        return kd_or_ce(self(batch), batch["labels"], teacher, self.alpha, self.temperature)
 
     def compression_metrics(self) -> dict[str, float]:
         layers = structure.encoder_layers(self.student)

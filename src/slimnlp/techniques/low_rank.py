@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.errors import ConfigError
@@ -28,7 +27,7 @@ from slimnlp.models.structure import prunable_modules
 from slimnlp.models.surgery import replace_module
 from slimnlp.modules.factorized import FactorizedLinear, Spectrum, weight_spectrum
 from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, Technique
-from slimnlp.techniques.kd import check_kd_weights, hinton_losses
+from slimnlp.techniques.kd import check_kd_weights, kd_or_ce
 
 log = logging.getLogger(__name__)
 FACTORIZABLE_PARTS = ("encoder", "pooler")
@@ -108,11 +107,8 @@ class FactorizeThenRecover(Technique):
 
     # ------------------------------------------------------------ recover
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch)
-        if self.recover == "kd":
-            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
-        ce = F.cross_entropy(logits, batch["labels"])
-        return {"loss": ce, "loss/ce": ce}
+        teacher = self.teacher_logits(batch) if self.recover == "kd" else None
+        return kd_or_ce(self(batch), batch["labels"], teacher, self.alpha, self.temperature)
 
 
 class LowRankFactorization(FactorizeThenRecover):

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.errors import ConfigError
@@ -32,7 +31,7 @@ from slimnlp.models.surgery import ffn_width, num_heads
 from slimnlp.modules.masking import WeightMask, add_mask, materialize, zero_fraction
 from slimnlp.schedules import Cubic, Schedule
 from slimnlp.techniques.base import Requirements, Stage, Technique
-from slimnlp.techniques.kd import check_kd_weights, hinton_losses
+from slimnlp.techniques.kd import check_optional_kd, kd_or_ce
 
 log = logging.getLogger(__name__)
 SCOPES = ("layer", "global")
@@ -76,9 +75,7 @@ class DistilledPruning(Technique):
 
     @classmethod
     def validate_hparams(cls, distill: bool, alpha: float, temperature: float, **_: Any) -> None:
-        if not isinstance(distill, bool):
-            raise ConfigError("technique.distill", distill, "true (add the teacher's soft loss) or false")
-        check_kd_weights(alpha, temperature)
+        check_optional_kd(distill, alpha, temperature)
 
     @classmethod
     def requirements(cls, distill: bool = True, **_: Any) -> Requirements:
@@ -89,11 +86,8 @@ class DistilledPruning(Technique):
         return [Stage("prune", select_best=False)]
 
     def task_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = self(batch)
-        if self.distill:
-            return hinton_losses(logits, self.teacher_logits(batch), batch["labels"], self.alpha, self.temperature)
-        ce = F.cross_entropy(logits, batch["labels"])
-        return {"loss": ce, "loss/ce": ce}
+        teacher = self.teacher_logits(batch) if self.distill else None
+        return kd_or_ce(self(batch), batch["labels"], teacher, self.alpha, self.temperature)
 
 
 class Pruning(DistilledPruning):
