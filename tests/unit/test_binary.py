@@ -50,7 +50,7 @@ def test_the_artifact_computes_what_training_computed_and_reloads(tmp_path, spli
     stored = BinaryLinear.from_split(trained)
     x = torch.randn(2, 5, layer.in_features)
     torch.testing.assert_close(stored(x), trained(x), atol=1e-5, rtol=0)
-    assert stored.weight_bytes == (2 if split else 1) * (layer.in_features * layer.out_features // 8) + 4 * stored.planes
+    assert stored.stored_bytes() == (2 if split else 1) * (layer.in_features * layer.out_features // 8) + 4 * stored.planes
     model.bert.encoder.layer[0].intermediate.dense = stored
     save_student(model, tmp_path / "student")
     reloaded = load_student(tmp_path / "student").bert.encoder.layer[0].intermediate.dense

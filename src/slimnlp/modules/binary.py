@@ -20,14 +20,13 @@ takes 2 bits per weight, a plain binary one 1 bit.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.artifacts import register_module_kind
 from slimnlp.modules.codebook import pack_planes, unpack_planes
+from slimnlp.modules.decoded import DecodedOnce
 from slimnlp.modules.quantization import TWN_THRESHOLD, per_token_fake_quant
 
 
@@ -122,7 +121,7 @@ class SplitBinaryLinear(_BinaryShape):
 
 
 @register_module_kind("binary_linear")
-class BinaryLinear(_BinaryShape):
+class BinaryLinear(DecodedOnce, _BinaryShape):
     """A binary Linear as stored: ``signs`` (uint8 [planes, ⌈in·out/8⌉], one bit per weight and plane) and
     ``scale`` (fp32 [planes]); the weight ``Σ_p scale_p·(±1)`` is decoded once, on the first forward pass (no
     CPU kernel computes on packed signs in torch), and activations are fake-quantized per token as in training."""
@@ -133,7 +132,6 @@ class BinaryLinear(_BinaryShape):
         self.register_buffer("signs", torch.zeros(planes, -(-in_features * out_features // 8), dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(planes))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._weight: Tensor | None = None
 
     @classmethod
     @torch.no_grad()
@@ -157,8 +155,7 @@ class BinaryLinear(_BinaryShape):
     def num_weights(self) -> int:
         return self.in_features * self.out_features
 
-    @property
-    def weight_bytes(self) -> int:
+    def stored_bytes(self) -> int:
         return self.signs.numel() * self.signs.element_size() + self.scale.numel() * self.scale.element_size()
 
     def dense_weight(self) -> Tensor:
@@ -166,18 +163,8 @@ class BinaryLinear(_BinaryShape):
         signs = [unpack_planes(self.signs[p : p + 1], self.num_weights).view(shape) for p in range(self.planes)]
         return sum(self.scale[p] * (2.0 * s.to(self.scale.dtype) - 1.0) for p, s in enumerate(signs))
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._weight = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> BinaryLinear:
-        self._weight = None
-        return super()._apply(fn, recurse)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self._weight is None:
-            self._weight = self.dense_weight()
         if self.activation_bits:
             x = per_token_fake_quant(x)
-        return F.linear(x, self._weight, self.bias)
+        return F.linear(x, self.decoded_weight(), self.bias)
 

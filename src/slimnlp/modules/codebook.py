@@ -15,13 +15,13 @@ positions plus fp32 values, so ``eff/disk_bytes`` is what GOBO's format needs.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.artifacts import register_module_kind
+from slimnlp.modules.decoded import DecodedOnce
 
 _BIT = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -67,7 +67,7 @@ def unpack_planes(planes: Tensor, numel: int) -> Tensor:
 
 
 @register_module_kind("codebook_linear")
-class CodebookLinear(nn.Module):
+class CodebookLinear(DecodedOnce):
     """A Linear stored as ``bits``-bit indices into ``centroids`` plus fp32 outliers; its weight is rebuilt once,
     on the first forward pass (the model computes in fp32: GOBO's saving is memory, its kernel is a lookup)."""
 
@@ -80,7 +80,6 @@ class CodebookLinear(nn.Module):
         self.register_buffer("outlier_positions", torch.zeros(outliers, dtype=torch.int32))
         self.register_buffer("outlier_values", torch.zeros(outliers))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._weight: Tensor | None = None
 
     @classmethod
     @torch.no_grad()
@@ -125,18 +124,8 @@ class CodebookLinear(nn.Module):
         return sum(t.numel() * t.element_size() for t in
                    (self.planes, self.centroids, self.outlier_positions, self.outlier_values))
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._weight = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> CodebookLinear:
-        self._weight = None
-        return super()._apply(fn, recurse)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self._weight is None:
-            self._weight = self.dense_weight()
-        return F.linear(x, self._weight, self.bias)
+        return F.linear(x, self.decoded_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "

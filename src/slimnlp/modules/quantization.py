@@ -273,8 +273,7 @@ class QuantizedLinear(nn.Module):
     def num_weights(self) -> int:
         return self.in_features * self.out_features
 
-    @property
-    def weight_bytes(self) -> int:
+    def stored_bytes(self) -> int:
         """Bytes of the stored weight: codes and scales."""
         return self.codes.numel() * self.codes.element_size() + self.scale.numel() * self.scale.element_size()
 

@@ -82,7 +82,7 @@ def quantization_metrics(model: nn.Module) -> dict[str, float]:
     tables = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
     if not layers:
         return {"compress/quantized_layers": 0.0, "compress/quantized_embeddings": float(len(tables))}
-    stored = sum(m.weight_bytes for m in layers)
+    stored = sum(m.stored_bytes() for m in layers)
     fp32 = sum(4 * m.num_weights for m in layers)
     return {
         "compress/quantized_layers": float(len(layers)),
