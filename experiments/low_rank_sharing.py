@@ -1,6 +1,7 @@
 """Low-rank factorization and weight sharing on the embedded default (4,000 tweets, the fine-tuned MiniLM-L6 as
 teacher and as the model compressed): SVD against DRONE at two ranks, before and after recovery with KD,
-ALBERT's factorized embeddings, and cross-layer sharing (all, cycle, sandwich).
+ALBERT's factorized embeddings, cross-layer sharing (all, cycle, sandwich), and PABEE's early exit at patience 1,
+2, 3 and 6 (6 = no exit: the PABEE model's own full depth).
 
     python experiments/low_rank_sharing.py [--cells NAME ...] [--list] [--report-only]
 
@@ -12,19 +13,25 @@ fraction of each Linear's full rank (``rank_ratio``): 0.25 keeps 96 of 384, whic
 and keeps 31% of an FFN one; 0.5 keeps 192 (FFN 62%, attention matrices stay dense: 192 does not pay for a
 384 x 384 matrix). ``COMMON`` drops ONNX Runtime, the robustness attacks and the energy meter from every cell.
 
+PABEE is trained once per seed at patience 2 (``pabee_p2``); the other patience values re-evaluate and re-time that
+saved run with ``technique=early_exit student=path`` (``exit_p<k>``, no training), so they run after it.
+
 Each finished cell's ``results.json`` is copied into ``experiments/low_rank_sharing/cells/<cell>/`` and never
 re-run, so the table can fill over several sessions; the report goes to ``experiments/low_rank_sharing/``.
 """
 
 from __future__ import annotations
 
-from kept_cells import main
+from kept_cells import REPO, main
 
-COMMON = ["student=6L", "student.init_from=finetuned", "measure.runtimes=[torch]", "eval.robustness.attacks=[]",
+FINETUNED = ["student=6L", "student.init_from=finetuned"]
+COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]",
           "energy.enabled=false", "trainer.enable_progress_bar=false"]
-GROUP_BY = "technique,technique.rank_ratio,technique.recover,technique.rank,technique.strategy"
-COLUMNS = ("test/acc,test/f1,fidelity/agreement,eff/params,eff/disk_bytes,eff/flops,eff/latency_ms_b1,"
-           "eff/latency_ms_b32,eff/speedup_b32")
+GROUP_BY = ("technique,technique.rank_ratio,technique.recover,technique.rank,technique.strategy,"
+            "technique.patience")
+COLUMNS = ("test/acc,test/f1,fidelity/agreement,test/avg_exit_layer,eff/params,eff/disk_bytes,eff/flops,"
+           "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b32")
+PABEE_RUNS = REPO / "outputs" / "experiments" / "low_rank_sharing"  # exit_p<k>_s<seed> reads pabee_p2_s<seed> here
 SETTINGS = {  # cell name prefix -> overrides, seeds
     **{f"{t}_r{int(r * 100)}_none": ([f"technique={t}", f"technique.rank_ratio={r}", "technique.recover=none"], (42,))
        for t in ("svd", "drone") for r in (0.5, 0.25)},
@@ -35,12 +42,22 @@ SETTINGS = {  # cell name prefix -> overrides, seeds
     "share_cycle": (["technique=layer_sharing", "technique.strategy=cycle", "technique.unique_layers=3"], (0, 1, 2)),
     "share_sandwich": (["technique=layer_sharing", "technique.strategy=sandwich", "technique.unique_layers=null"],
                        (0,)),
+    "pabee_p2": (["technique=pabee", "technique.patience=2"], (0,)),
 }
+EXIT_PATIENCE = (1, 3, 6)
+
+
+def early_exit_cells(seeds: tuple[int, ...]) -> dict[str, list[str]]:
+    """``exit_p<k>_s<seed>``: the saved ``pabee_p2_s<seed>`` run at patience k (no training; it must have finished)."""
+    return {f"exit_p{k}_s{seed}": ["technique=early_exit", f"technique.patience={k}", "student=path",
+                                   f"student.path={PABEE_RUNS / f'pabee_p2_s{seed}'}", f"seed={seed}"]
+            for k in EXIT_PATIENCE for seed in seeds}
 
 
 def cells() -> dict[str, list[str]]:
-    return {f"{name}_s{seed}": [*overrides, f"seed={seed}"]
-            for name, (overrides, seeds) in SETTINGS.items() for seed in seeds}
+    return {**{f"{name}_s{seed}": [*FINETUNED, *overrides, f"seed={seed}"]
+               for name, (overrides, seeds) in SETTINGS.items() for seed in seeds},
+            **early_exit_cells(SETTINGS["pabee_p2"][1])}
 
 
 if __name__ == "__main__":
