@@ -30,10 +30,23 @@ def logits_mse(logits_S: Tensor, logits_T: Tensor) -> Tensor:
     return F.mse_loss(logits_S, logits_T)
 
 
-def soft_cross_entropy(logits_S: Tensor, logits_T: Tensor, temperature: float = 1.0) -> Tensor:
-    """``−Σ p_T^τ · log p_S^τ``: KL plus the teacher's entropy, a constant for the student."""
+SOFT_CE_REDUCTIONS = ("batchmean", "mean")
+
+
+def soft_cross_entropy(
+    logits_S: Tensor, logits_T: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
+) -> Tensor:
+    """``−Σ p_T^τ · log p_S^τ``: KL plus the teacher's entropy, a constant for the student.
+
+    ``reduction="batchmean"`` sums over classes and averages over the batch (the cross-entropy per example);
+    ``"mean"`` averages over batch *and* classes, 1/C of it, as TinyBERT's ``task_distill.py`` reduces it
+    (``(-targets_prob * student_likelihood).mean()``).
+    """
+    if reduction not in SOFT_CE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {SOFT_CE_REDUCTIONS}, got {reduction!r}")
     p_T = F.softmax(logits_T / temperature, dim=-1)
-    return -(p_T * F.log_softmax(logits_S / temperature, dim=-1)).sum(-1).mean()
+    per_class = -(p_T * F.log_softmax(logits_S / temperature, dim=-1))
+    return per_class.mean() if reduction == "mean" else per_class.sum(-1).mean()
 
 
 __all__ = ["kd_kl", "logits_mse", "soft_cross_entropy"]

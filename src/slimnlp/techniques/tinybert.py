@@ -12,6 +12,17 @@ reference code huawei-noah/Pretrained-Language-Model ``TinyBERT/task_distill.py`
    ``W`` serves the embeddings and every layer; the paper writes a separate ``W_e`` for eq. 9. The classifier
    gets no gradient, so validation accuracy means nothing in this stage (``select_best=False``).
 2. ``prediction`` (eq. 10): ``L = α·CE(z_S, y) + (1−α)·CE_soft(z_T/t, z_S/t)``, ``α = 0`` as in the paper.
+   ``CE_soft`` is reduced as ``task_distill.py``'s ``soft_cross_entropy`` reduces it: the mean over batch *and*
+   classes, 1/C of the per-example cross-entropy that ``technique=kd`` sums (no τ² factor either).
+   ``prediction_reduction=batchmean`` gives the per-example sum, the same as ``prediction_reduction=mean``
+   with the soft loss weighted by C.
+
+Each stage has its own optimizer, as ``task_distill.py`` runs them (one invocation per stage): the intermediate
+stage at a **constant** LR (``schedule = 'none'`` unless ``--pred_distill``; ``--learning_rate`` default 5e-5),
+the prediction stage with linear warm-up over 10% of its steps and linear decay (``warmup_linear``,
+``--warmup_proportion 0.1``) at the README's ``--learning_rate 3e-5``. ``intermediate_lr`` and ``prediction_lr``
+default to those values (null: the run's ``optim.optimizer.lr``). Deviation: the reference's ``BertAdam`` has no
+Adam bias correction and ε = 1e-6; slimnlp uses the run's AdamW for every stage.
 
 Scores come from Q/K hooks (``slimnlp.models.capture``), which work with sdpa too, so no eager attention is
 needed. The paper's data augmentation (GloVe neighbours + a BERT MLM head) is not implemented: the offline
@@ -28,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimnlp.errors import ConfigError
-from slimnlp.losses.kd import soft_cross_entropy
+from slimnlp.losses.kd import SOFT_CE_REDUCTIONS, soft_cross_entropy
 from slimnlp.losses.tinybert import attention_mse, embedding_mse, hidden_mse
 from slimnlp.models import structure
 from slimnlp.models.capture import QKV, attention_scores, capture_qkv
@@ -39,6 +50,11 @@ from slimnlp.techniques.kd import check_kd_weights
 log = logging.getLogger(__name__)
 
 STAGES = ("both", "intermediate", "prediction")
+# task_distill.py: --learning_rate default 5e-5 at schedule 'none' for the intermediate stage; the README's
+# prediction-stage command passes --learning_rate 3e-5, and the schedule is warmup_linear, --warmup_proportion 0.1.
+INTERMEDIATE_LR, PREDICTION_LR = 5e-5, 3e-5
+INTERMEDIATE_SCHEDULE = {"name": "constant", "warmup_ratio": 0.0}
+PREDICTION_SCHEDULE = {"name": "linear", "warmup_ratio": 0.1}
 
 
 class TinyBERT(Technique):
@@ -50,9 +66,22 @@ class TinyBERT(Technique):
         layer_map: list[int] | None = None,
         intermediate_epochs: int | None = None,
         prediction_epochs: int | None = None,
+        intermediate_lr: float | None = INTERMEDIATE_LR,
+        prediction_lr: float | None = PREDICTION_LR,
+        prediction_reduction: str = "mean",
         **base: Any,
     ) -> None:
-        self.validate_hparams(stage, temperature, alpha, layer_map, intermediate_epochs, prediction_epochs)
+        self.validate_hparams(
+            stage,
+            temperature,
+            alpha,
+            layer_map,
+            intermediate_epochs,
+            prediction_epochs,
+            intermediate_lr,
+            prediction_lr,
+            prediction_reduction,
+        )
         if stage == "both":
             raise ConfigError(
                 "technique.stage",
@@ -62,6 +91,7 @@ class TinyBERT(Technique):
             )
         super().__init__(**base)
         self.stage, self.temperature, self.alpha = stage, temperature, alpha
+        self.prediction_reduction = prediction_reduction
         self.proj: nn.Linear | None = None
         self.layer_map: list[int] = []
         if stage == "intermediate":
@@ -77,6 +107,9 @@ class TinyBERT(Technique):
         layer_map: list[int] | None,
         intermediate_epochs: int | None,
         prediction_epochs: int | None,
+        intermediate_lr: float | None = INTERMEDIATE_LR,
+        prediction_lr: float | None = PREDICTION_LR,
+        prediction_reduction: str = "mean",
         **_: Any,
     ) -> None:
         if stage not in STAGES:
@@ -99,6 +132,19 @@ class TinyBERT(Technique):
         ):
             if value is not None and not (_is_index(value) and value >= 1):
                 raise ConfigError(f"technique.{key}", value, "null (trainer.max_epochs) or an integer >= 1")
+        for key, value in (("intermediate_lr", intermediate_lr), ("prediction_lr", prediction_lr)):
+            if value is not None and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            ):
+                raise ConfigError(
+                    f"technique.{key}", value, "null (optim.optimizer.lr) or a learning rate > 0"
+                )
+        if prediction_reduction not in SOFT_CE_REDUCTIONS:
+            raise ConfigError(
+                "technique.prediction_reduction",
+                prediction_reduction,
+                f"allowed: {', '.join(SOFT_CE_REDUCTIONS)} (mean: over batch and classes, the reference)",
+            )
 
     @classmethod
     def requirements(cls, stage: str = "both", **_: Any) -> Requirements:
@@ -129,13 +175,26 @@ class TinyBERT(Technique):
         stage: str = "both",
         intermediate_epochs: int | None = None,
         prediction_epochs: int | None = None,
+        intermediate_lr: float | None = INTERMEDIATE_LR,
+        prediction_lr: float | None = PREDICTION_LR,
         **_: Any,
     ) -> list[Stage]:
         # The intermediate stage never trains the classifier: its validation accuracy cannot pick a checkpoint.
         intermediate = Stage(
-            "intermediate", {"stage": "intermediate"}, intermediate_epochs, select_best=False
+            "intermediate",
+            {"stage": "intermediate"},
+            intermediate_epochs,
+            select_best=False,
+            lr=intermediate_lr,
+            lr_scheduler=INTERMEDIATE_SCHEDULE,
         )
-        prediction = Stage("prediction", {"stage": "prediction"}, prediction_epochs)
+        prediction = Stage(
+            "prediction",
+            {"stage": "prediction"},
+            prediction_epochs,
+            lr=prediction_lr,
+            lr_scheduler=PREDICTION_SCHEDULE,
+        )
         return {
             "both": [intermediate, prediction],
             "intermediate": [intermediate],
@@ -161,7 +220,9 @@ class TinyBERT(Technique):
         if self.stage == "intermediate":
             return self._intermediate_loss(batch)
         logits_S = self(batch)
-        pred = soft_cross_entropy(logits_S, self.teacher_logits(batch), self.temperature)
+        pred = soft_cross_entropy(
+            logits_S, self.teacher_logits(batch), self.temperature, self.prediction_reduction
+        )
         ce = F.cross_entropy(logits_S, batch["labels"])
         return {"loss": self.alpha * ce + (1.0 - self.alpha) * pred, "loss/pred": pred, "loss/ce": ce}
 
