@@ -20,7 +20,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models.capture import QKV
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.models.structure import encoder_layers
-from slimnlp.models.students import layer_subset, resized
+from slimnlp.models.students import distilbert_layer_map, layer_subset, resized
 from slimnlp.techniques import minilm as minilm_module
 from slimnlp.techniques.distilbert import DistilBERT
 from slimnlp.techniques.minilm import MiniLM, MiniLMv2, captured
@@ -30,7 +30,7 @@ from slimnlp.techniques.pkd import PatientKD, pkd_layer_map
 TECHNIQUES = {
     "pkd_skip": (PatientKD, {"strategy": "skip", "beta": 2.0}, ("loss/pkd",)),
     "pkd_last": (PatientKD, {"strategy": "last", "beta": 2.0}, ("loss/pkd",)),
-    "distilbert": (DistilBERT, {"beta": 2.0}, ("loss/cos",)),
+    "distilbert": (DistilBERT, {"cosine_weight": 2.0}, ("loss/cos",)),
     "minilm": (MiniLM, {"beta": 2.0}, ("loss/attn_kl", "loss/value_kl")),
     "minilm_v2": (MiniLMv2, {"beta": 2.0, "relation_heads": 8}, ("loss/qq", "loss/kk", "loss/vv")),
 }
@@ -132,11 +132,35 @@ def test_pkd_needs_two_student_layers(teacher):
         PatientKD(**technique_kwargs(student, teacher))
 
 
-@pytest.mark.parametrize("cls", [PatientKD, DistilBERT])
-def test_hidden_state_losses_refuse_other_widths(teacher, cls):
+@pytest.mark.parametrize("cls, hparams", [(PatientKD, {}), (DistilBERT, {"cosine_weight": 0.1})])
+def test_hidden_state_losses_refuse_other_widths(teacher, cls, hparams):
     student = resized(teacher, 3, num_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4)
     with pytest.raises(ConfigError, match="student.hidden_size.*technique=tinybert"):
-        cls(**technique_kwargs(student, teacher))
+        cls(**hparams, **technique_kwargs(student, teacher))
+
+
+def test_distilbert_default_is_the_task_specific_recipe(teacher, tiny_batch):
+    """alpha_ce·KD + alpha_task·CE only (run_squad_w_distillation.py): logits alone, so a student of any width
+    distils and the teacher-logit cache may serve it."""
+    assert DistilBERT.requirements().cacheable_teacher_logits and not DistilBERT.requirements().hidden_states
+    assert DistilBERT.requirements(cosine_weight=0.1).hidden_states
+    student = resized(teacher, 3, num_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4)
+    technique = DistilBERT(**technique_kwargs(student, teacher))
+    losses = _eval_losses(technique, tiny_batch)
+    assert "loss/cos" not in losses
+    assert losses["loss"].item() == pytest.approx(0.5 * losses["loss/ce"].item() + 0.5 * losses["loss/kd"].item())
+    with pytest.raises(ConfigError, match="technique.cosine_weight"):
+        DistilBERT.check_hparams(cosine_weight=-1.0)
+
+
+def test_distilbert_student_init_is_the_authors_layer_spread(teacher):
+    assert distilbert_layer_map(6, 12) == [0, 2, 4, 7, 9, 11]  # extract_distilbert.py
+    assert distilbert_layer_map(3, 6) == [0, 3, 5] and distilbert_layer_map(2, 4) == [0, 3]
+    assert distilbert_layer_map(1, 4) == [0]
+    student = layer_subset(teacher, 3, num_layers=2, init="distilbert")
+    assert student.config.slimnlp_layer_map == [0, 3]
+    for s, t in enumerate([0, 3]):
+        assert torch.equal(encoder_layers(student)[s].output.dense.weight, encoder_layers(teacher)[t].output.dense.weight)
 
 
 def test_minilm_attention_is_taken_before_attention_dropout(teacher, tiny_batch):
@@ -238,7 +262,7 @@ def test_minilm_v2_teacher_layer_picks_the_layer(teacher, tiny_batch):
         (PatientKD, {"strategy": "first"}, "strategy"),
         (PatientKD, {"layer_map": [-1]}, "layer_map"),
         (DistilBERT, {"alpha": -0.1}, "alpha"),
-        (DistilBERT, {"beta": -0.5}, "beta"),
+        (DistilBERT, {"cosine_weight": -0.5}, "cosine_weight"),
         (MiniLM, {"temperature": -1.0}, "temperature"),
         (MiniLM, {"beta": -1.0}, "beta"),
         (MiniLMv2, {"relation_heads": 0}, "relation_heads"),
@@ -261,4 +285,27 @@ def test_yaml_targets_the_class_with_its_defaults(name):
     assert hparams == defaults, "the YAML and the constructor defaults drifted apart"
     cls.check_hparams(**hparams)
     needs = cls.requirements(**cls.defaults_filled(**hparams))
-    assert needs.teacher and not needs.cacheable_teacher_logits
+    # DistilBERT's task-specific default reads logits only; the others read hidden states or attention
+    assert needs.teacher and needs.cacheable_teacher_logits == (name == "distilbert")
+
+
+def test_pkd_beta_lives_on_the_authors_mean_scale(pair, tiny_batch):
+    """loss/pkd is patience_loss of the authors' src/KD_loss.py: F.mse_loss of the normalized [CLS] states stacked
+    over (batch, layers, hidden), so beta=100 means their beta at any depth or width."""
+    student, teacher = pair
+    technique = PatientKD(**technique_kwargs(student, teacher))
+    assert technique.beta == 100.0
+    losses = _eval_losses(technique, tiny_batch)
+    inputs = {k: tiny_batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        h_S = student(**inputs, output_hidden_states=True).hidden_states
+        h_T = teacher(**inputs, output_hidden_states=True).hidden_states
+    s_stack = torch.stack([h_S[s + 1][:, 0] for s in range(len(technique.layer_map))], dim=1)
+    t_stack = torch.stack([h_T[t + 1][:, 0] for t in technique.layer_map], dim=1)
+    reference = torch.nn.functional.mse_loss(
+        torch.nn.functional.normalize(s_stack, p=2, dim=2), torch.nn.functional.normalize(t_stack, p=2, dim=2)
+    )
+    assert losses["loss/pkd"].item() == pytest.approx(reference.item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(
+        0.5 * losses["loss/ce"].item() + 0.5 * losses["loss/kd"].item() + 100.0 * reference.item(), rel=1e-5
+    )

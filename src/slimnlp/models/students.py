@@ -18,7 +18,7 @@ from slimnlp.models import structure
 from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.loading import load_classifier
 
-INITS = ("skip", "first", "random")
+INITS = ("skip", "first", "distilbert", "random")
 
 
 def uniform_layer_map(num_student: int, num_teacher: int) -> list[int]:
@@ -32,6 +32,17 @@ def uniform_layer_map(num_student: int, num_teacher: int) -> list[int]:
     return [-(-(i + 1) * num_teacher // num_student) - 1 for i in range(num_student)]
 
 
+def distilbert_layer_map(num_student: int, num_teacher: int) -> list[int]:
+    """DistilBERT's student initialisation (Sanh et al. 2019; the authors' ``scripts/extract_distilbert.py`` copies
+    teacher layers [0, 2, 4, 7, 9, 11] of BERT-base into the 6-layer student): first and last teacher layers kept,
+    the rest evenly spread, ``round_half_up(i·(L_T − 1)/(L_S − 1))``, which gives exactly that list for 12 → 6
+    (6 → 3: [0, 3, 5]; 6 → 2: [0, 5]). A 1-layer student takes the first teacher layer."""
+    _check_count("student.num_layers", num_student, num_teacher)
+    if num_student == 1:
+        return [0]
+    return [(2 * i * (num_teacher - 1) + num_student - 1) // (2 * (num_student - 1)) for i in range(num_student)]
+
+
 def layer_subset(
     teacher: PreTrainedModel,
     num_labels: int,
@@ -42,7 +53,7 @@ def layer_subset(
     """The teacher with only ``num_layers`` encoder layers (PKD / DistilBERT-style initialization).
 
     ``init``: ``skip`` copies ``uniform_layer_map`` layers, ``first`` the bottom ``num_layers`` (PKD's
-    choice), ``random`` copies nothing. ``layer_map`` overrides which teacher layers are copied. Embeddings,
+    choice), ``distilbert`` the authors' spread (``distilbert_layer_map``), ``random`` copies nothing. ``layer_map`` overrides which teacher layers are copied. Embeddings,
     pooler and encoder-level parameters are copied too, and the classifier head when its shape matches.
     The map used is recorded as ``student.config.slimnlp_layer_map`` (None for random).
     """
@@ -56,6 +67,8 @@ def layer_subset(
         layer_map = uniform_layer_map(num_layers, num_teacher)
     elif init == "first":
         layer_map = list(range(num_layers))
+    elif init == "distilbert":
+        layer_map = distilbert_layer_map(num_layers, num_teacher)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = num_layers
     student = _from_config(config, teacher, num_labels, layer_map)

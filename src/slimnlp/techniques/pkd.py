@@ -12,17 +12,20 @@ which stacks ``full_output[:-1]``). Which teacher layers:
 Objective, with slimnlp's ``alpha`` = weight of the hard-label CE (as in ``technique=kd``)::
 
     L = alpha·CE(z_S, y) + (1 − alpha)·τ²·KL(p_T^τ ‖ p_S^τ) + beta·L_PT
-    L_PT = Σ_j ‖ h_S,j/‖h_S,j‖₂ − h_T,j/‖h_T,j‖₂ ‖²₂   (batch mean; ``slimnlp.losses.pkd.pkd_loss``)
+    L_PT = 1/((M−1)·d) Σ_j ‖ h_S,j/‖h_S,j‖₂ − h_T,j/‖h_T,j‖₂ ‖²₂   (batch mean)
 
 Mapping to the paper's ``L = (1−α)·L_CE + α·L_DS + β·L_PT``: ``alpha = 1 − α_paper``. The soft loss is
 the authors' ``τ²·KL`` (their code multiplies by ``T*T``) with a batch mean, where their ``KLDivLoss``
 ('mean') also divides by the number of classes.
 
-``beta`` scale: ``L_PT`` here is the paper's sum over layers and hidden units. The authors' code takes
-``F.mse_loss`` over ``(batch, layers, hidden)`` — the same value divided by ``(M−1)·hidden`` — and their
-grid β ∈ {10, 100, 500, 1000} lives on that scale. So ``beta = β_authors / ((M−1)·hidden)``: their most
-frequent best β = 100 gives 100/(3·384) ≈ 0.09 for slimnlp's default 4-layer student of the 384-wide
-MiniLM-L6 teacher (and 100/(5·768) ≈ 0.026 for the paper's BERT-base → 6 layers).
+``beta`` is the authors' β, on the scale it was tuned on: their ``src/KD_loss.py::patience_loss`` takes
+``F.mse_loss`` over ``(batch, layers, hidden)``, the paper's sum over layers and hidden units
+(``slimnlp.losses.pkd.pkd_loss``) divided by ``(M−1)·d``, which is what ``L_PT`` above is. So the grid
+β ∈ {10, 100, 500, 1000} and the default 100 (their most frequent best) mean the same at every student depth
+and width; a sum-form β would have to shrink as ``1/((M−1)·d)``.
+
+The student starts from the teacher's bottom layers (``student.init=first``), the paper's initialisation
+("the first k layers of the teacher"), this technique's default for students cut from the teacher.
 
 Student and teacher must have the same width (the paper's students are BERT-3/BERT-6); for a narrower
 student use ``technique=tinybert``, which learns a projection.
@@ -64,7 +67,7 @@ class PatientKD(Technique):
         self,
         alpha: float = 0.5,
         temperature: float = 10.0,
-        beta: float = 0.1,
+        beta: float = 100.0,
         strategy: str = "skip",
         layer_map: Sequence[int] | None = None,
         **base: Any,
@@ -141,6 +144,6 @@ class PatientKD(Technique):
         cls_T = [out_T.hidden_states[t + 1][:, 0] for t in self.layer_map]
         ce = F.cross_entropy(out_S.logits, batch["labels"])
         kd = kd_kl(out_S.logits, out_T.logits, self.temperature)
-        pt = pkd_loss(cls_S, cls_T)
+        pt = pkd_loss(cls_S, cls_T) / (len(cls_S) * cls_S[0].shape[-1])  # the authors' mean scale (docstring)
         loss = self.alpha * ce + (1.0 - self.alpha) * kd + self.beta * pt
         return {"loss": loss, "loss/ce": ce, "loss/kd": kd, "loss/pkd": pt}
