@@ -7,6 +7,11 @@ class (measured: ``experiments/small_data.py``). So epochs are a floor-raised bu
 estimated steps, stretches with it. Large datasets are untouched (their epochs already give ``min_steps``);
 ``trainer.max_steps > 0`` is an explicit step budget and is left alone; ``min_steps=0`` turns the rule off.
 The teacher's recipe has its own ``teacher.finetune.min_steps``; the student's is ``min_steps``.
+
+The step budget rule: ``trainer.max_steps > 0`` is the *run's* number of student optimizer steps, whatever its
+epochs say, and a technique of several stages splits it between them in proportion to each stage's
+``budget_share`` (equal shares unless the technique says otherwise: TinyBERT's intermediate and prediction stages
+get half each). That is what makes a table budget-equal: every technique takes the same number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ def steps_per_epoch(
     elif isinstance(limit_train_batches, int):
         batches = min(batches, limit_train_batches)
     return math.ceil(batches / accumulate_grad_batches)
+
+
+def split_steps(total: int, shares: list[float]) -> list[int]:
+    """``total`` optimizer steps split in proportion to ``shares`` (largest remainders), summing to ``total``;
+    every stage gets at least one step."""
+    if total < len(shares):
+        raise ValueError(f"a budget of {total} steps cannot give each of {len(shares)} stages a step")
+    if not shares or any(share <= 0 for share in shares):
+        raise ValueError(f"stage budget shares must be > 0, got {shares}")
+    exact = [total * share / sum(shares) for share in shares]
+    steps = [max(1, math.floor(x)) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    for i in by_remainder[: total - sum(steps)]:
+        steps[i] += 1
+    return steps
 
 
 def epochs_for_min_steps(epochs: int | None, min_steps: int, per_epoch: int, max_steps: int = -1) -> int | None:

@@ -56,6 +56,16 @@ class ValidationAtBest(Callback):
             self.best = dict(self.last)
 
 
+class ValidateAtStepBudget(Callback):
+    """Validates after the last step of a step budget (``trainer.max_steps``) that ends inside an epoch: Lightning
+    validates at epoch ends, so such a run would otherwise end with no validation of its final weights (and a
+    stage shorter than an epoch with none at all). Asking the loop to stop makes it validate first."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
 def fit_and_select(
     technique: Technique,
     datamodule: L.LightningDataModule,
@@ -71,7 +81,7 @@ def fit_and_select(
     Testing is separate (``test_metrics``): the runner tests the exported artifact, not this module.
     """
     validation = ValidationAtBest(f"val/{technique.task.primary_metric}")
-    trainer.callbacks.append(validation)
+    trainer.callbacks.extend([validation, ValidateAtStepBudget()])
     metrics: dict[str, float] = {}
     if technique.needs.trains:
         trainer.fit(technique, datamodule=datamodule, ckpt_path=ckpt_path)

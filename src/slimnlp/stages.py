@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from slimnlp.artifacts import load_student, save_student
-from slimnlp.budget import apply_min_steps
+from slimnlp.budget import apply_min_steps, split_steps
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.resume import ResumePoint, StageRecord
@@ -100,6 +100,7 @@ def train_stages(
     student, metrics, steps = models.student, {}, 0
     checkpoints = run_dir / "checkpoints"
     multi = len(run.stages) > 1
+    budgets = _step_budgets(cfg, run.stages)
     for i, (stage, needs) in enumerate(zip(run.stages, run.stage_needs)):
         final = i == len(run.stages) - 1
         record = StageRecord(run_dir, stage.name)
@@ -119,6 +120,7 @@ def train_stages(
             callbacks=make_callbacks(cfg, checkpoints),
             loggers=loggers or False,
             **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
+            **({"max_steps": budgets[i], "max_epochs": -1} if budgets else {}),
             **strategy_for(cfg, needs),
         )
         if needs.trains:
@@ -148,6 +150,18 @@ def train_stages(
     technique.student = load_student(student_dir)
     metrics.update(test_metrics(technique, models.datamodule, trainer))
     return Outcome(technique.student, student_dir, metrics, checkpoints, steps)
+
+
+def _step_budgets(cfg: DictConfig, stages: list[Stage]) -> list[int] | None:
+    """Each stage's optimizer steps under a run budget (``trainer.max_steps > 0``: ``slimnlp.budget``), or None."""
+    total = int(cfg.trainer.get("max_steps") or -1)
+    if total <= 0:
+        return None
+    budgets = split_steps(total, [stage.budget_share for stage in stages])
+    if len(stages) > 1:
+        log.info("step budget: trainer.max_steps=%d split over the stages as %s", total,
+                 ", ".join(f"{stage.name} {steps}" for stage, steps in zip(stages, budgets)))
+    return budgets
 
 
 def _checkpoint_to_resume(resume: ResumePoint | None, checkpoints: Path, first: bool) -> str | None:

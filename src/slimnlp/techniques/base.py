@@ -114,6 +114,7 @@ class Stage:
     select_best: bool = True  # restore the best validation checkpoint at the end of the stage
     lr: float | None = None  # None: the run's optim.optimizer.lr
     lr_scheduler: Mapping[str, Any] | None = None  # keys overriding optim.lr_scheduler, e.g. {"name": "constant"}
+    budget_share: float = 1.0  # this stage's share of a step budget (trainer.max_steps > 0) against the others'
 
 
 @dataclass(frozen=True)
