@@ -1,5 +1,5 @@
-"""multi_teacher, mixkd and meta_kd: one real Lightning step each on tiny models, plus the pieces that make
-each method what it is (the teachers' mixture, the mixed inputs, the second-order pilot update)."""
+"""multi_teacher and mixkd: one real Lightning step each on tiny models, plus the pieces that make each
+method what it is (the teachers' mixture, the mixed inputs). meta_kd has its own file, test_meta_kd.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models.students import resized
 from slimnlp.teacher_cache import TeacherLogitCache
-from slimnlp.techniques.meta_kd import MetaDistil, QuizBuffer, is_quiz
 from slimnlp.techniques.mixkd import MixKD, mixed_inputs
 from slimnlp.techniques.multi_teacher import MultiTeacherKD, combine_soft_targets, performance_weights
 
@@ -302,127 +301,3 @@ def test_mixkd_rejects_bad_hparams(hparams, key):
     MixKD.check_hparams(**_yaml_hparams("mixkd"))
     with pytest.raises(ConfigError, match=f"technique.{key}"):
         MixKD.check_hparams(**hparams)
-
-
-# --- meta_kd ------------------------------------------------------------------------------------------
-
-
-def test_quiz_split_is_deterministic_and_sized():
-    ids = torch.arange(20_000)
-    held = is_quiz(ids, 0.1)
-    assert torch.equal(held, is_quiz(ids, 0.1))
-    assert held.float().mean().item() == pytest.approx(0.1, abs=0.005)
-    assert torch.equal(is_quiz(torch.arange(4), 0.1), torch.tensor([True, False, False, False]))
-
-
-def test_quiz_buffer_keeps_the_latest_rows_and_pads(tiny_batch):
-    buffer = QuizBuffer(size=3, pad_token_id=0)
-    buffer.add(tiny_batch, torch.tensor([True, True, False, False]))
-    short = {k: v[:, :4] for k, v in tiny_batch.items() if k != "labels" and k != "idx"}
-    short["labels"] = tiny_batch["labels"]
-    buffer.add(short, torch.tensor([False, False, True, True]))
-    quiz = buffer.batch()
-    assert len(buffer) == 3
-    assert quiz["labels"].tolist() == [0, 1, 2]  # row 0 fell out of the FIFO
-    assert quiz["input_ids"].shape == (3, tiny_batch["input_ids"].shape[1])
-    assert quiz["attention_mask"][1:, 4:].sum() == 0  # the short rows are padded, and masked
-
-
-def test_meta_kd_step_trains_its_own_teacher_copy(tiny_pair, tiny_batch):
-    student, teacher = tiny_pair
-    technique = MetaDistil(
-        alpha=0.3, temperature=2.0, teacher_lr=1e-3, quiz_fraction=0.1, **technique_kwargs(student, teacher)
-    )
-    assert technique.meta_teacher is not teacher
-    before_S, before_T, before_meta = (
-        _snapshot(student),
-        _snapshot(teacher),
-        _snapshot(technique.meta_teacher),
-    )
-    trainer = fit_steps(technique, tiny_batch, steps=2)
-    logged = trainer.callback_metrics
-    for name in ("train/loss", "loss/ce", "loss/kd_kl", "loss/quiz"):
-        assert torch.isfinite(logged[name]), name
-    assert logged["train/loss"].item() == pytest.approx(
-        (0.3 * logged["loss/ce"] + 0.7 * logged["loss/kd_kl"]).item(), rel=1e-5
-    )
-    assert _changed(before_S, student), "the student did not train"
-    assert not _changed(before_T, teacher), "the runner's teacher must never be written to"
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    assert _changed(before_meta, technique.meta_teacher), "the technique's teacher copy did not learn"
-    student_opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-    assert not student_opt_params & {id(p) for p in technique.meta_teacher.parameters()}
-    assert any(k.startswith("meta_teacher.") for k in technique.state_dict())
-    checkpoint: dict = {}
-    technique.on_save_checkpoint(checkpoint)
-    assert checkpoint["meta_kd_teacher_optimizer"]["optimizer"]["state"], (
-        "teacher optimizer state is checkpointed"
-    )
-
-
-def _quiz_setup(tiny_pair, tiny_batch):
-    student, teacher = (m.double().eval() for m in tiny_pair)
-    technique = MetaDistil(alpha=0.3, temperature=2.0, **technique_kwargs(student, teacher))
-    technique.student.eval()  # no dropout: the pilot is a deterministic function of the teacher's weights
-    train = {k: v[1:] for k, v in tiny_batch.items()}
-    quiz = {k: v[:2] for k, v in tiny_batch.items()}
-    return technique, train, quiz
-
-
-def test_teacher_gradient_flows_through_the_pilot_update(tiny_pair, tiny_batch):
-    """The analytic second-order gradient matches central finite differences; cutting the pilot (λ = 0,
-    θ' = θ) leaves the quiz loss independent of the teacher, so its gradient vanishes."""
-    technique, train, quiz = _quiz_setup(tiny_pair, tiny_batch)
-    params = list(technique.meta_teacher.parameters())
-    step = 1.0
-    grads = torch.autograd.grad(technique.quiz_loss_after_pilot(train, quiz, step), params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    assert sum(g.abs().sum() for g in grads) > 0
-
-    gen = torch.Generator().manual_seed(0)
-    direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-    analytic = sum((g * d).sum() for g, d in zip(grads, direction)).item()
-    eps = 1e-5
-
-    def quiz_loss_at(sign: float) -> float:
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.add_(sign * eps * d)
-        value = technique.quiz_loss_after_pilot(train, quiz, step).item()
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.sub_(sign * eps * d)
-        return value
-
-    numeric = (quiz_loss_at(1.0) - quiz_loss_at(-1.0)) / (2 * eps)
-    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
-
-    cut = torch.autograd.grad(technique.quiz_loss_after_pilot(train, quiz, 0.0), params, allow_unused=True)
-    assert all(g is None or torch.count_nonzero(g) == 0 for g in cut)
-
-
-@pytest.mark.parametrize(
-    "hparams, key",
-    [
-        ({"alpha": 1.0}, "alpha"),
-        ({"teacher_lr": 0.0}, "teacher_lr"),
-        ({"pilot_lr": -1.0}, "pilot_lr"),
-        ({"quiz_fraction": 0.0}, "quiz_fraction"),
-        ({"quiz_fraction": 1.0}, "quiz_fraction"),
-        ({"quiz_size": 0}, "quiz_size"),
-        ({"teacher_max_grad_norm": 0.0}, "teacher_max_grad_norm"),
-        ({"temperature": -2.0}, "temperature"),
-    ],
-)
-def test_meta_kd_rejects_bad_hparams(hparams, key):
-    MetaDistil.check_hparams(**_yaml_hparams("meta_kd"))
-    with pytest.raises(ConfigError, match=f"technique.{key}"):
-        MetaDistil.check_hparams(**hparams)
-
-
-def test_meta_kd_needs_example_ids(tiny_pair, tiny_batch):
-    student, teacher = tiny_pair
-    technique = MetaDistil(**technique_kwargs(student, teacher))
-    batch = {k: v for k, v in tiny_batch.items() if k != "idx"}
-    with pytest.raises(KeyError, match="idx"):
-        technique.training_step(batch, 0)
