@@ -27,18 +27,20 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
         shutil.copyfile(run_dir / "results.json", cell)
 
 
-def report(kept: Path, group_by: str, columns: str) -> None:
-    """``python -m slimnlp.report`` over the kept cells, written beside them."""
+def report(kept: Path, group_by: str, columns: str, baseline: str | None = None, out: Path | None = None) -> None:
+    """``python -m slimnlp.report`` over the kept cells, written beside them (or to ``out``); ``baseline``
+    (``KEY=VALUE``): the row every row is compared with, default each row's teacher."""
     command = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", group_by,
-               "--columns", columns, "--out", str(kept)]
+               "--columns", columns, "--out", str(out or kept), *(["--baseline", baseline] if baseline else [])]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=False)
 
 
 def main(description: str, table: dict[str, list[str]], common: list[str], name: str, group_by: str,
-         columns: str) -> None:
+         columns: str, baselines: dict[str, str] | None = None) -> None:
     """The command line of a cell-by-cell experiment: ``[--cells NAME ...] [--list] [--out DIR] [--report-only]``;
-    cells kept in ``experiments/<name>/cells``, run folders in ``outputs/experiments/<name>``."""
+    cells kept in ``experiments/<name>/cells``, run folders in ``outputs/experiments/<name>``; ``baselines``
+    (subfolder -> ``KEY=VALUE``) adds one report per baseline row in ``experiments/<name>/<subfolder>``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -55,3 +57,5 @@ def main(description: str, table: dict[str, list[str]], common: list[str], name:
         for cell in args.cells or table:
             run_cell(cell, [*table[cell], *common], args.out / cell, kept)
     report(kept, group_by, columns)
+    for folder, baseline in (baselines or {}).items():
+        report(kept, group_by, columns, baseline, kept / folder)

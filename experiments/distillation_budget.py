@@ -1,0 +1,46 @@
+"""The distillation family at one step budget, three seeds: issue #13's budget-equal table.
+
+    python experiments/distillation_budget.py [--cells NAME ...] [--list] [--report-only]
+
+Every cell is ``python train.py technique=<t> student=<s> seed=<seed> <BUDGET>``: the same 8,000 training tweets,
+the same 2,000 validation and test tweets, the same cached fine-tuned MiniLM-L6 teacher, the same optimizer and
+**the same number of student optimizer steps**, ``trainer.max_steps=250`` (one epoch of the 8,000 tweets at batch
+32). Two-stage techniques (TinyBERT) split the 250 steps between their stages (``slimnlp.budget``: half each);
+BERT-of-Theseus replaces modules and fine-tunes the successors within its one run. Each technique keeps its own
+recipe otherwise (its paper's loss weights, stage LRs and student initialisation: ``student.init`` follows the
+technique, e.g. PKD's first layers). MetaDistil quizzes on the validation split (``quiz_source=validation``) so
+its student trains on the same 8,000 tweets as the others, one quiz batch per step (``quiz_batches=1``, the
+released ``--num_held_batches 1``; the whole quiz set every step would cost 60× a kd step here).
+
+The 4-layer student cannot run Theseus (6 teacher layers do not split into 4 blocks): that cell is refused in
+one line and left out. Seeds 0, 1, 2. The report gives mean ± std per technique and student, and each row's
+difference from ``kd`` and from ``finetune`` with a 95% interval (``experiments/distillation_budget/vs_kd``,
+``.../vs_finetune``). Each finished cell's ``results.json`` is kept in ``experiments/distillation_budget/cells``.
+"""
+
+from __future__ import annotations
+
+from kept_cells import main
+
+BUDGET = ["data.max_train_samples=8000", "trainer.max_steps=250", "measure.runtimes=[torch]",
+          "eval.robustness.attacks=[]", "energy.enabled=false", "trainer.enable_progress_bar=false"]
+TECHNIQUES = {  # technique -> its overrides in this table
+    "finetune": [], "kd": [], "pkd": [], "distilbert": [], "minilm": [], "minilm_v2": [], "tinybert": [],
+    "theseus": [], "multi_teacher": [], "mixkd": [],
+    "meta_kd": ["technique.quiz_source=validation", "technique.quiz_batches=1"],
+}
+STUDENTS = ("4L", "2L")
+SEEDS = (0, 1, 2)
+GROUP_BY = "technique,student"
+COLUMNS = "test/acc,test/f1,fidelity/agreement,eff/params,eff/speedup_b32,train/optimizer_steps,time/run_s"
+
+
+def cells() -> dict[str, list[str]]:
+    return {f"{t}_{s}_s{seed}": [f"technique={t}", f"student={s}", *overrides, f"seed={seed}"]
+            for seed in SEEDS for s in STUDENTS for t, overrides in TECHNIQUES.items()
+            if not (t == "theseus" and s == "4L")}
+
+
+if __name__ == "__main__":
+    main(__doc__.splitlines()[0], cells(), BUDGET, "distillation_budget", GROUP_BY, COLUMNS,
+         baselines={"vs_kd": "technique=kd", "vs_finetune": "technique=finetune"})
