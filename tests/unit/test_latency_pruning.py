@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import technique_kwargs
 from slimnlp.errors import ConfigError
-from slimnlp.models.latency_table import LatencyTable, ffn_grid, measure_latency_table, monotone_savings
+from slimnlp.models.latency_table import (LatencyTable, ffn_grid, measure_latency_table, monotone_savings,
+                                          savings_scale)
 from slimnlp.techniques.latency_pruning import LatencyTargetPruning, Option, choose_widths, layer_options
 
 
@@ -58,6 +59,14 @@ def test_monotone_savings_and_the_ffn_grid():
     assert ffn_grid(10, 4) == [2, 5, 8, 10]
 
 
+def test_savings_are_scaled_to_what_a_layer_and_the_whole_model_can_save():
+    assert savings_scale(3.0, layer_ms=4.0, layers=4, prunable_ms=20.0) == 1.0  # plausible: kept as measured
+    assert savings_scale(8.0, layer_ms=4.0, layers=4, prunable_ms=20.0) == pytest.approx(0.5)  # > one layer's cost
+    # noise that made each layer look dearer than the dense model allows: 4 x 4 ms of savings in 10 ms of layers
+    assert savings_scale(4.0, layer_ms=4.0, layers=4, prunable_ms=10.0) == pytest.approx(10.0 / 16.0)
+    assert savings_scale(4.0, layer_ms=4.0, layers=4, prunable_ms=-1.0) == 0.0
+
+
 def test_layer_options_remove_the_least_important_of_what_is_still_on():
     importance = torch.tensor([0.5, 0.1, 0.9, 0.2])
     gates = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the fourth is already off: it cannot be removed again
@@ -82,6 +91,7 @@ def test_the_measured_table_is_well_formed_and_sees_a_narrow_ffn_save_time(token
         assert savings[-1] == 0.0 and all(a >= b >= 0 for a, b in itertools.pairwise(savings))
     assert table.ffn_saving_ms[0] > 0  # a quarter of a 512-wide FFN over 2048 tokens is measurably faster
     assert table.head_saving_ms[0] + table.ffn_saving_ms[0] <= table.layer_ms <= table.dense_ms
+    assert 2 * (table.head_saving_ms[0] + table.ffn_saving_ms[0]) < table.dense_ms  # embeddings are never pruned
     assert table.predicted_ms([4, 4], [512, 512]) == table.dense_ms
     # the hook-free copy the table times is the caller's model, unchanged
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _wide_bert(tokenizer.vocab_size).parameters())

@@ -10,9 +10,11 @@ How. One copy of the model cut to its first encoder layer is sliced to ``k`` hea
 model are timed in interleaved rounds (``slimnlp.metrics.latency``) on the same fixed-length batch the
 measurement suite times. A layer's saving at width ``k`` is ``T₁(H, F) − T₁(k, F)`` (the one-layer model's time
 difference), likewise for FFN widths; savings are made monotone (keeping fewer never costs more: a smaller
-measured saving than a narrower width's is measurement noise) and bounded by what a layer costs (the
-one-layer model's time minus that of the model with no layer: a layer cannot save more than it takes), and a
-model's predicted latency is the dense time minus the savings of its layers — attention and FFN costs taken
+measured saving than a narrower width's is measurement noise) and bounded twice: by what a layer costs (the
+one-layer model's time minus that of the model with no layer: a layer cannot save more than it takes) and, all
+layers together, by the dense time minus that of the model with no layer (embeddings and head are never
+pruned) — without the second bound, timing noise on a loaded machine let a table promise a 50x speed-up of a
+4-layer model. A model's predicted latency is the dense time minus the savings of its layers — attention and FFN costs taken
 as additive, as in ZipLM's table.
 """
 
@@ -64,6 +66,14 @@ def monotone_savings(savings: list[float]) -> list[float]:
     return out
 
 
+def savings_scale(most_per_layer_ms: float, layer_ms: float, layers: int, prunable_ms: float) -> float:
+    """The factor (≤ 1) that scales measured savings into what is physically possible: one layer saves at most
+    what it costs (``layer_ms``), and ``layers`` layers together save at most ``prunable_ms``, the dense time
+    less that of the parts never pruned. A larger measured saving is timing noise."""
+    bound = min(layer_ms, max(prunable_ms, 0.0) / max(layers, 1))
+    return 1.0 if most_per_layer_ms <= bound else bound / most_per_layer_ms
+
+
 def _one_layer(model: PreTrainedModel) -> PreTrainedModel:
     probe = copy.deepcopy(model).eval()
     surgery.keep_layers(probe, [0])
@@ -100,8 +110,8 @@ def measure_latency_table(
     layer_ms = max(median["layer"] - median["no_layer"], 0.0)
     head_saving = monotone_savings([median["layer"] - median[f"heads:{k}"] for k in head_widths])
     ffn_saving = monotone_savings([median["layer"] - median[f"ffn:{f}"] for f in ffn_widths])
-    most = head_saving[0] + ffn_saving[0]
-    scale = 1.0 if most <= layer_ms else layer_ms / most  # noise: a layer never saves more than it costs
+    scale = savings_scale(head_saving[0] + ffn_saving[0], layer_ms, structure.num_layers(model),
+                          prunable_ms=median["dense"] - median["no_layer"])
     return LatencyTable(
         dense_ms=median["dense"],
         layer_ms=layer_ms,
