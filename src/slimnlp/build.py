@@ -82,8 +82,27 @@ class RunPlan:
         return self.cls.defaults_filled(**{**self.hparams, **stage.hparams})
 
 
+def apply_technique_student(cfg: DictConfig) -> None:
+    """The student a technique's YAML asks for (``technique._student_``, e.g. Theseus's ``{init: first,
+    init_from: finetuned}``) replaces the student option's values, in place (so the run records and hashes what
+    it builds), where that option has every key named (layer-subset students; a saved or resized student is built
+    as configured); a key set on the command line (``student.init=skip``) keeps the user's value."""
+    wanted = cfg.technique.get("_student_")
+    if not wanted or not all(key in cfg.student for key in wanted):
+        return
+    try:
+        given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    except ValueError:  # not inside a Hydra app: nothing was given on a command line
+        given = set()
+    with open_dict(cfg.student):
+        for key, value in wanted.items():
+            if f"student.{key}" not in given:
+                cfg.student[key] = value
+
+
 def plan(cfg: DictConfig) -> RunPlan:
     """Check everything that needs no model; raises ConfigError with one line."""
+    apply_technique_student(cfg)
     check_run_config(to_plain(cfg))
     cls = technique_class(cfg)
     name = choice("technique", cfg.technique._target_.rsplit(".", 1)[-1])

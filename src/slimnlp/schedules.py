@@ -1,9 +1,9 @@
 """Schedules: plain callables ``(step, total) -> value`` that techniques query every step.
 
-Distillation weights, BERT-of-Theseus replacement rates, pruning sparsity and QAT freeze points all ramp a
-number over training; one small family keeps those ramps comparable across techniques. ``progress`` is
-clipped to [0, 1], and ``warmup``/``cooldown`` are fractions of ``total`` held at ``start``/``end``
-(the cubic schedule with both is Zhu & Gupta 2017's gradual pruning, as used by movement pruning).
+Distillation weights, pruning sparsity and QAT freeze points all ramp a number over training; one small
+family keeps those ramps comparable across techniques. ``progress`` is clipped to [0, 1], and
+``warmup``/``cooldown`` are fractions of ``total`` held at ``start``/``end`` (the cubic schedule with both
+is Zhu & Gupta 2017's gradual pruning, as used by movement pruning).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Schedule(ABC):
 
 @dataclass(frozen=True)
 class Constant(Schedule):
-    """Always ``end`` — e.g. BERT-of-Theseus's constant replacement rate."""
+    """Always ``end`` — e.g. one-shot pruning (the target sparsity from step 0)."""
 
     def shape(self, t: float) -> float:
         return 1.0
@@ -52,7 +52,7 @@ class Constant(Schedule):
 
 @dataclass(frozen=True)
 class Linear(Schedule):
-    """Straight ramp — e.g. Theseus's linearly increasing replacement rate."""
+    """Straight ramp from ``start`` to ``end`` over the run."""
 
     def shape(self, t: float) -> float:
         return t

@@ -130,10 +130,21 @@ def test_stages_own_their_lr_and_techniques_add_optimizer_groups(tiny_setup):
 
 
 def test_the_schedule_group_reaches_the_techniques_that_ramp(tiny_setup):
-    run_tiny(tiny_setup, "theseus_const", "technique=theseus", "student=2L", "technique.stage=replace",
-             "schedule=constant", "schedule.end=0.5", "trainer.max_epochs=1")
-    log = pd.read_csv(_run_dir(tiny_setup, "theseus_const") / "csv" / "metrics.csv")
-    assert set(log["theseus/replace_rate"].dropna().round(6)) == {0.5}
+    run_tiny(
+        tiny_setup,
+        "prune_const",
+        "technique=magnitude_pruning",
+        "student=2L",
+        "technique.sparsity=0.5",
+        "technique.distill=false",
+        "schedule=constant",
+        "schedule.end=0.5",
+        "trainer.max_epochs=1",
+    )
+    log = pd.read_csv(_run_dir(tiny_setup, "prune_const") / "csv" / "metrics.csv")
+    kept = log["prune/kept"].dropna()
+    assert kept.round(2).nunique() == 1  # schedule=constant: the same level from the first step
+    assert kept.iloc[0] == pytest.approx(0.75, abs=0.01)  # schedule.end=0.5: half of the 0.5 target
     with pytest.raises(ConfigError, match="schedule.*kd.*ramps nothing"):
         run_tiny(tiny_setup, "kd_schedule", "technique=kd", "schedule=linear")
 

@@ -1,6 +1,7 @@
 """tinybert and theseus: one real Lightning step each on tiny models, plus the properties each paper relies on
 (zero attention loss for an identical student, a projection that trains but is not exported, replacement
-rates that follow the schedule, a compound model that is the teacher at p=0 and the successor model at p=1)."""
+rates that are the reference schedulers', a compound model that is the teacher at p=0 and the successor model
+at p=1)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from slimnlp.models import structure
 from slimnlp.models.loading import set_attention_implementation
 from slimnlp.models.students import layer_subset, resized
 from slimnlp.modules.theseus import compound_layers, sample_replacement
-from slimnlp.schedules import Constant, Linear
 from slimnlp.techniques.theseus import BertOfTheseus
 from slimnlp.techniques.tinybert import TinyBERT
 
@@ -185,12 +185,30 @@ def test_tinybert_both_is_for_the_runner(tiny_pair):
 
 
 # ----------------------------------------------------------------------------------------- BERT-of-Theseus
-def test_theseus_replace_step(tiny_pair, tiny_batch):
+def _reference_linear(b: float, k: float, steps: int) -> list[float]:
+    """The reference's LinearReplacementScheduler as run_glue.py drives it: rate b set at construction, then
+    ``step()`` after every optimizer step sets min(k * counter + b, 1); the rate each step trains with."""
+    rates, rate = [], b
+    for counter in range(1, steps + 1):
+        rates.append(rate)
+        rate = min(k * counter + b, 1.0)
+    return rates
+
+
+def _reference_constant(p: float, replacing_steps: int, steps: int) -> list[float]:
+    """The reference's ConstantReplacementScheduler likewise: p until the counter reaches replacing_steps."""
+    rates, rate = [], p
+    for counter in range(1, steps + 1):
+        rates.append(rate)
+        if counter >= replacing_steps:
+            rate = 1.0
+    return rates
+
+
+def test_theseus_step_trains_only_the_successor_layers(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     before_T = _snapshot(teacher)
-    technique = BertOfTheseus(
-        schedule=Constant(end=0.5), stage="replace", **technique_kwargs(student, teacher)
-    )
+    technique = BertOfTheseus(scheduler="constant", replacing_rate=0.5, **technique_kwargs(student, teacher))
     assert not any(k.startswith("_predecessors") for k in technique.state_dict())  # like the teacher
     before_S = _snapshot(student)
     logged = fit_steps(technique, tiny_batch, steps=3).callback_metrics
@@ -207,41 +225,66 @@ def test_theseus_replace_step(tiny_pair, tiny_batch):
             assert torch.equal(value, shared_T[key]), key
 
 
-def test_theseus_finetune_step_trains_the_successor_model_alone(tiny_pair, tiny_batch):
+@pytest.mark.parametrize("b, k", [(0.3, 0.0006), (0.0, 0.1), (0.5, 0.25), (0.3, 0.07), (1.0, 0.01)])
+def test_theseus_linear_rate_is_the_reference_formula(tiny_pair, b, k):
     student, teacher = tiny_pair
-    technique = BertOfTheseus(stage="finetune", **technique_kwargs(student, teacher))
-    assert technique._predecessors is None
-    before_S, before_T = _snapshot(student), _snapshot(teacher)
-    logged = fit_steps(technique, tiny_batch, steps=1).callback_metrics
-    assert torch.isfinite(logged["loss/ce"]) and logged["theseus/replace_rate"].item() == 1.0
-    changed = _changed(before_S, student)
-    assert changed and all(".encoder.layer." in k for k in changed)
-    assert not _changed(before_T, teacher)
+    technique = BertOfTheseus(replacing_rate=b, scheduler_linear_k=k, **technique_kwargs(student, teacher))
+    steps = 2000 if k < 0.01 else 40
+    ours = [technique.replace_rate(t) for t in range(steps)]
+    assert ours == pytest.approx([min(1.0, k * t + b) for t in range(steps)])
+    assert ours == pytest.approx(_reference_linear(b, k, steps))
+    # a fixed slope: the rate does not depend on how long the run is
+    full = technique.replacement.successor_only_from()
+    assert ours[full] == 1.0 and (full == 0 or ours[full - 1] < 1.0)
 
 
-def test_theseus_rate_follows_the_schedule(tiny_pair, tiny_batch):
+@pytest.mark.parametrize("p, replacing_steps", [(0.5, 2500), (0.5, 7), (0.2, 1), (0.0, 3)])
+def test_theseus_constant_rate_switches_to_one_after_steps_for_replacing(tiny_pair, p, replacing_steps):
     student, teacher = tiny_pair
-    constant = BertOfTheseus(
-        schedule=Constant(end=0.7), stage="replace", **technique_kwargs(student, teacher)
-    )
-    assert [constant.replace_rate(s, 100) for s in (0, 50, 100)] == pytest.approx([0.7, 0.7, 0.7])
-    linear = BertOfTheseus(
-        schedule=Linear(start=0.3, end=1.0, cooldown=0.5),
-        stage="replace",
+    technique = BertOfTheseus(
+        scheduler="constant",
+        replacing_rate=p,
+        steps_for_replacing=replacing_steps,
         **technique_kwargs(student, teacher),
     )
-    # p = min(1, k t + b) with b = 0.3 and k = 0.7 / 50: p reaches 1 halfway, successor-only after that
-    assert [linear.replace_rate(s, 100) for s in (0, 25, 50, 75)] == pytest.approx([0.3, 0.65, 1.0, 1.0])
-    logged = fit_steps(linear, tiny_batch, steps=2).callback_metrics  # last step: t=1 of 2
-    assert logged["theseus/replace_rate"].item() == pytest.approx(1.0)
-    finetune = BertOfTheseus(stage="finetune", **technique_kwargs(student, teacher))
-    assert finetune.replace_rate(0, 100) == 1.0
+    steps = replacing_steps + 20
+    ours = [technique.replace_rate(t) for t in range(steps)]
+    assert ours == [p] * replacing_steps + [1.0] * 20
+    assert ours == _reference_constant(p, replacing_steps, steps)
+    assert technique.replacement.successor_only_from() == replacing_steps
+    # steps_for_replacing=0: successor-only from the first step (the reference still runs one step at p)
+    zero = BertOfTheseus(scheduler="constant", steps_for_replacing=0, **technique_kwargs(student, teacher))
+    assert zero.replace_rate(0) == 1.0
+
+
+def test_theseus_steps_read_the_rate_at_the_optimizer_step(tiny_pair, tiny_batch):
+    student, teacher = tiny_pair
+    technique = BertOfTheseus(
+        replacing_rate=0.3, scheduler_linear_k=0.25, **technique_kwargs(student, teacher)
+    )
+    logged = fit_steps(technique, tiny_batch, steps=3).callback_metrics  # last step: t = 2
+    assert logged["theseus/replace_rate"].item() == pytest.approx(0.8)
+    technique = BertOfTheseus(
+        replacing_rate=0.3, scheduler_linear_k=0.5, **technique_kwargs(student, teacher)
+    )
+    before = _snapshot(student)
+    logged = fit_steps(technique, tiny_batch, steps=3).callback_metrics  # p = 1 from t = 2: successors alone
+    assert logged["theseus/replace_rate"].item() == 1.0 and torch.isfinite(logged["loss/ce"])
+    assert all(".encoder.layer." in k for k in _changed(before, student))
+
+
+def test_theseus_is_one_stage_with_one_optimizer():
+    assert [s.name for s in BertOfTheseus.stages(**BertOfTheseus.defaults_filled())] == ["train"]
+    assert BertOfTheseus.requirements().find_unused_parameters and BertOfTheseus.requirements().teacher
+    assert not {"stage", "replace_epochs", "finetune_epochs", "schedule"} & set(
+        BertOfTheseus.hparam_signature()
+    )
 
 
 def test_theseus_compound_is_teacher_at_p0_and_successor_model_at_p1(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     _no_dropout(student, teacher)
-    technique = BertOfTheseus(stage="replace", **technique_kwargs(student, teacher)).train()
+    technique = BertOfTheseus(**technique_kwargs(student, teacher)).train()
     inputs = model_inputs(tiny_batch)
     with torch.no_grad():
         all_successors = technique.compound_logits(tiny_batch, [True, True])
@@ -258,7 +301,7 @@ def test_theseus_compound_is_teacher_at_p0_and_successor_model_at_p1(tiny_pair, 
 def test_theseus_eval_runs_the_successor_model(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     technique = BertOfTheseus(
-        schedule=Constant(end=0.2), stage="replace", **technique_kwargs(student, teacher)
+        scheduler="constant", replacing_rate=0.2, **technique_kwargs(student, teacher)
     ).eval()
     with torch.no_grad():
         assert torch.equal(technique(tiny_batch), student(**model_inputs(tiny_batch)).logits)
@@ -267,7 +310,7 @@ def test_theseus_eval_runs_the_successor_model(tiny_pair, tiny_batch):
 def test_theseus_export_is_a_plain_trainable_student(tiny_pair, tiny_batch):
     student, teacher = tiny_pair
     keys = set(student.state_dict())
-    technique = BertOfTheseus(stage="replace", **technique_kwargs(student, teacher))
+    technique = BertOfTheseus(**technique_kwargs(student, teacher))
     fit_steps(technique, tiny_batch, steps=1)
     exported = technique.export_student()
     assert exported is student and set(exported.state_dict()) == keys
@@ -278,39 +321,36 @@ def test_theseus_export_is_a_plain_trainable_student(tiny_pair, tiny_batch):
 def test_theseus_refuses_a_depth_that_does_not_divide_the_teacher(tiny_bert):
     student = layer_subset(tiny_bert, num_labels=3, num_layers=3)
     with pytest.raises(ConfigError, match=r"student.num_layers=3 .*1, 2, 4"):
-        BertOfTheseus(stage="replace", **technique_kwargs(student, tiny_bert))
+        BertOfTheseus(**technique_kwargs(student, tiny_bert))
 
 
 def test_theseus_refuses_a_different_width(tiny_bert):
     student = resized(tiny_bert, 3, num_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4)
     with pytest.raises(ConfigError, match="student.hidden_size"):
-        BertOfTheseus(stage="replace", **technique_kwargs(student, tiny_bert))
-
-
-def test_theseus_stages():
-    both = BertOfTheseus.stages(stage="both", replace_epochs=4, finetune_epochs=2)
-    assert [(s.name, dict(s.hparams), s.max_epochs, s.select_best) for s in both] == [
-        ("replace", {"stage": "replace"}, 4, False),
-        ("finetune", {"stage": "finetune"}, 2, True),
-    ]
-    assert [s.name for s in BertOfTheseus.stages(stage="replace")] == ["replace"]
-    assert [s.name for s in BertOfTheseus.stages(stage="finetune")] == ["finetune"]
+        BertOfTheseus(**technique_kwargs(student, tiny_bert))
 
 
 @pytest.mark.parametrize(
-    "hparams, key",
+    "hparams, key, allowed",
     [
-        ({"stage": "distil"}, "stage"),
-        ({"replace_epochs": 0}, "replace_epochs"),
-        ({"schedule": Constant(end=0.0)}, "schedule"),
-        ({"schedule": 0.5}, "schedule"),
-        ({"schedule": Linear(start=-0.1)}, "schedule"),
-        ({"schedule": Constant(end=1.5)}, "schedule"),
+        ({"scheduler": "cosine"}, "scheduler", "linear, constant"),
+        ({"scheduler": "none"}, "scheduler", "linear, constant"),
+        ({"replacing_rate": -0.1}, "replacing_rate", r"\[0, 1\]"),
+        ({"replacing_rate": 1.5}, "replacing_rate", r"\[0, 1\]"),
+        ({"replacing_rate": "0.3"}, "replacing_rate", r"\[0, 1\]"),
+        ({"scheduler_linear_k": 0}, "scheduler_linear_k", "> 0"),
+        ({"scheduler_linear_k": -0.001}, "scheduler_linear_k", "> 0"),
+        ({"steps_for_replacing": -1}, "steps_for_replacing", ">= 0"),
+        ({"steps_for_replacing": 2.5}, "steps_for_replacing", ">= 0"),
+        ({"steps_for_replacing": True}, "steps_for_replacing", ">= 0"),
     ],
 )
-def test_theseus_rejects_bad_hparams_before_any_model(hparams, key):
-    with pytest.raises(ConfigError, match=f"^{key}|technique.{key}"):
+def test_theseus_rejects_bad_hparams_before_any_model(hparams, key, allowed):
+    with pytest.raises(
+        ConfigError, match=f"^technique.{key}={hparams[key]!r} is invalid: .*{allowed}"
+    ) as err:
         BertOfTheseus.check_hparams(**hparams)
+    assert "\n" not in str(err.value)
 
 
 def test_replacement_sampling_and_compound_layers():

@@ -9,14 +9,55 @@ layers ("predecessor modules"); successor module ``i`` is one compact layer that
 The compound is built by lending a layer list to the model for one forward pass (``structure.lent_layers``:
 HF encoders iterate their ``ModuleList`` in ``forward``), so the model is a plain HF model before and after:
 checkpoints and ``save_pretrained`` only ever see the successor layers.
+
+The replacement probability after ``t`` optimizer steps is the reference's (JetRunner/BERT-of-Theseus,
+``bert_of_theseus/replacement_scheduler.py``; ``run_glue.py`` steps it after every ``optimizer.step()``):
+
+- linear (``LinearReplacementScheduler``): ``p = min(1, k·t + b)``, a fixed slope ``k`` per step;
+- constant (``ConstantReplacementScheduler``): ``p`` until ``steps_for_replacing`` steps, then 1.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+SCHEDULERS = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class ReplacementScheduler:
+    """The replacement probability ``p(t)`` after ``t`` optimizer steps (values checked by the technique)."""
+
+    kind: str = "linear"  # linear | constant
+    rate: float = 0.3  # linear: the base rate b; constant: the rate p
+    k: float = 6e-4  # linear: the slope per optimizer step
+    steps_for_replacing: int = 2500  # constant: optimizer steps at p before p = 1
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "linear":
+            return min(1.0, self.k * step + self.rate)
+        if self.kind == "constant":
+            return self.rate if step < self.steps_for_replacing else 1.0
+        raise ValueError(f"unknown replacement scheduler {self.kind!r}; allowed: {', '.join(SCHEDULERS)}")
+
+    def successor_only_from(self) -> int:
+        """The first step at which ``p = 1``: from there on only the successors run (successor fine-tuning)."""
+        if self.rate >= 1.0:
+            return 0
+        if self.kind == "constant":
+            return self.steps_for_replacing
+        # Start just below (1 - b) / k; the loops settle float rounding either way.
+        step = max(math.ceil((1.0 - self.rate) / self.k) - 1, 0)
+        while step > 0 and self(step - 1) >= 1.0:
+            step -= 1
+        while self(step) < 1.0:
+            step += 1
+        return step
 
 
 def sample_replacement(

@@ -1,40 +1,61 @@
-"""BERT-of-Theseus: compression by progressive module replacing.
+"""BERT-of-Theseus: compression by progressive module replacing, trained as the reference code trains it.
 
 Xu et al. 2020, "BERT-of-Theseus: Compressing BERT by Progressive Module Replacing" (EMNLP), reference
-code JetRunner/BERT-of-Theseus. No distillation loss: the only objective is the task's
+code JetRunner/BERT-of-Theseus (``run_glue.py``, ``bert_of_theseus/replacement_scheduler.py``,
+``bert_of_theseus/modeling_bert_of_theseus.py``). No distillation loss: the only objective is the task's
 
-    L = CE(f(x; prd_1|scc_1, …, prd_n|scc_n), y),   scc_i replaces prd_i with probability p_d = p(step)
+    L = CE(f(x; prd_1|scc_1, …, prd_n|scc_n), y),   scc_i replaces prd_i with probability p = p(t)
 
 where the predecessor (the fine-tuned teacher, ``L_T`` layers) is cut into ``n = L_S`` modules of
-``k = L_T / L_S`` consecutive layers and successor ``i`` is student layer ``i``. ``p`` is constant or the
-paper's linear curriculum ``p_d = min(1, k·t + b)`` (``slimnlp.schedules.Linear`` with ``start = b``,
-``end = 1``; the ramp's slope follows from the stage's length), taken from the run's ``schedule`` group
-(``schedule=constant schedule.end=0.5``; none chosen: the linear curriculum with b = 0.3). Two stages:
+``L_T / L_S`` consecutive layers and successor ``i`` is student layer ``i``. One run, one optimizer, one LR
+schedule, as ``run_glue.py``'s single ``train()``: ``p(t)`` after ``t`` optimizer steps is
 
-1. ``replace``: the compound model above; only the successor layers train. It runs to the end of its
-   curriculum and keeps its last weights (no best-checkpoint pick halfway through the ramp).
-2. ``finetune``: the successor model alone (``p = 1``), CE, so the successors learn to work together.
+- ``scheduler=linear``: ``p = min(1, k·t + b)`` (``LinearReplacementScheduler``), ``b = replacing_rate``,
+  ``k = scheduler_linear_k`` a fixed slope per optimizer step, independent of the run's length;
+- ``scheduler=constant``: ``p = replacing_rate`` for the first ``steps_for_replacing`` steps, then 1
+  (``ConstantReplacementScheduler``).
 
-What is shared and frozen follows the reference ``run_glue.py``: the compound runs on the predecessor's
-embeddings, pooler and classifier, and its optimizer holds only the successor layers — in both phases. So
-here the fine-tuned teacher's embeddings, pooler and classifier are copied into the student at the start of
-``replace`` and, like the predecessor layers, stay frozen; only the student's encoder layers are trained.
-The exported student is the successor model with those (teacher) weights, every parameter trainable again.
+Successor fine-tuning is the tail of the same run once ``p`` reaches 1 (only the successor model runs, same
+optimizer and LR schedule); a run shorter than that step never fine-tunes the successors alone, which is
+logged. Defaults are the reference README's recommended commands: linear with ``b = 0.3``, ``k = 0.0006``
+(``--replacing_rate 0.3 --scheduler_type linear --scheduler_linear_k 0.0006``), and for the constant scheduler
+``p = 0.5`` over ``2500`` steps (``--replacing_rate 0.5 --steps_for_replacing 2500``; this module's default rate
+stays 0.3, set ``technique.replacing_rate=0.5``). The argparse defaults (``--scheduler_linear_k 0``,
+``--steps_for_replacing 0``, ``--replacing_rate`` required) are placeholders, not recommendations.
 
-The predecessor layers are a deep copy of the runner's teacher (that teacher is evaluated later and is
-never touched); they run in the student's train/eval mode, dropout included, as in the reference. In eval
-mode only the successors run, so validation measures the successor model, as the paper evaluates it.
+What is shared and frozen follows ``run_glue.py``: the compound runs on the predecessor's embeddings, pooler and
+classifier, and the optimizer holds only the successor layers (``model.bert.encoder.scc_layer``). So the
+fine-tuned teacher's embeddings, pooler and classifier are copied into the student and stay frozen; only the
+student's encoder layers train. The exported student is the successor model with those (teacher) weights,
+every parameter trainable again. The predecessor layers are a deep copy of the runner's teacher (that teacher
+is evaluated later and never touched); they run in the student's train/eval mode, dropout included, as in the
+reference. In eval mode only the successors run, so validation measures the successor model.
 
-Successor initialization is the student builder's job: the paper takes the first ``L_S`` layers of the
-pretrained BERT (``student.init=first``); the reference copies them from the fine-tuned predecessor
-(``student.init_from=finetuned``).
+Successor initialization: ``run_glue.py`` deep-copies the first ``L_S`` layers of the fine-tuned predecessor
+(``scc_layer = [deepcopy(layer[ix]) for ix in range(scc_n_layer)]``). ``conf/technique/theseus.yaml`` asks the
+runner for that student (``_student_: {init: first, init_from: finetuned}``); ``student.init=...`` or
+``student.init_from=...`` on the command line wins.
+
+Deviations from the reference, kept on purpose:
+
+- optimizer and LR schedule are the run's ``optim`` group, shared by every technique (AdamW, 10% warm-up, linear
+  decay); the README's command is lr 2e-5, no warm-up, no weight decay: ``optim.optimizer.lr=2e-5
+  optim.optimizer.weight_decay=0 optim.lr_scheduler.warmup_ratio=0`` matches it;
+- gradient clipping (``trainer.gradient_clip_val``) measures the successors' gradients only; the reference clips
+  ``model.parameters()``, whose norm also counts the gradients of the predecessor, embeddings and head (never
+  stepped there);
+- a step in which no successor is drawn updates nothing (Lightning leaves gradients ``None``); the reference's
+  zero-filled gradients still let AdamW's moments move the successors;
+- the tested student is the best validation checkpoint, as for every technique; ``run_glue.py`` saves its last;
+- ``replacing_rate = 0`` is allowed (the reference needs (0, 1]), and ``steps_for_replacing = 0`` means p = 1
+  from the first step (the reference runs one step at p first).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -44,69 +65,69 @@ from transformers import PreTrainedModel
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.modules.theseus import compound_layers, sample_replacement
-from slimnlp.schedules import Linear
-from slimnlp.techniques.base import ModelConfigs, Requirements, Stage, Technique
+from slimnlp.modules.theseus import SCHEDULERS, ReplacementScheduler, compound_layers, sample_replacement
+from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 
 log = logging.getLogger(__name__)
 
-STAGES = ("both", "replace", "finetune")
-RateSchedule = Callable[[int, int], float]  # (step, total) -> replacement rate p
-# The paper's curriculum with the reference README's base rate b = 0.3, reaching p = 1 at the end of the stage.
-CURRICULUM = Linear(start=0.3, end=1.0)
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BertOfTheseus(Technique):
     def __init__(
         self,
-        schedule: RateSchedule = CURRICULUM,
-        stage: str = "both",
-        replace_epochs: int | None = None,
-        finetune_epochs: int | None = None,
+        scheduler: str = "linear",
+        replacing_rate: float = 0.3,
+        scheduler_linear_k: float = 0.0006,
+        steps_for_replacing: int = 2500,
         **base: Any,
     ) -> None:
-        self.validate_hparams(schedule, stage, replace_epochs, finetune_epochs)
-        if stage == "both":
-            raise ConfigError(
-                "technique.stage",
-                stage,
-                "replace or finetune when built directly; stage=both is run by the "
-                "runner as the two stages of BertOfTheseus.stages()",
-            )
+        self.validate_hparams(scheduler, replacing_rate, scheduler_linear_k, steps_for_replacing)
         super().__init__(**base)
-        self.stage = stage
-        self.replacement_schedule = schedule
+        self.replacement = ReplacementScheduler(
+            scheduler, float(replacing_rate), float(scheduler_linear_k), int(steps_for_replacing)
+        )
         self._share_and_freeze()
 
     # ------------------------------------------------------------------ config
     @classmethod
     def validate_hparams(
         cls,
-        schedule: RateSchedule,
-        stage: str,
-        replace_epochs: int | None,
-        finetune_epochs: int | None,
+        scheduler: str,
+        replacing_rate: float,
+        scheduler_linear_k: float,
+        steps_for_replacing: int,
         **_: Any,
     ) -> None:
-        if stage not in STAGES:
-            raise ConfigError("technique.stage", stage, f"allowed: {', '.join(STAGES)}")
-        for key, value in (("replace_epochs", replace_epochs), ("finetune_epochs", finetune_epochs)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"technique.{key}", value, "null (trainer.max_epochs) or an integer >= 1")
-        if not callable(schedule):
-            raise ConfigError("schedule", schedule, "a slimnlp.schedules object or a callable (step, total) -> p")
-        first, last = float(schedule(0, 1)), float(schedule(1, 1))
-        if not (0.0 <= first <= 1.0 and 0.0 < last <= 1.0):
+        if scheduler not in SCHEDULERS:
+            raise ConfigError("technique.scheduler", scheduler, f"allowed: {', '.join(SCHEDULERS)}")
+        if not (_is_number(replacing_rate) and 0.0 <= replacing_rate <= 1.0):
             raise ConfigError(
-                "schedule",
-                {"start": first, "end": last},
-                "replacement rates in [0, 1] that end above 0 (at 0 no successor is ever trained)",
+                "technique.replacing_rate", replacing_rate, "a number in [0, 1] (linear: the base rate b)"
+            )
+        if not (_is_number(scheduler_linear_k) and scheduler_linear_k > 0):
+            raise ConfigError(
+                "technique.scheduler_linear_k",
+                scheduler_linear_k,
+                "a number > 0 (the slope k per optimizer step)",
+            )
+        if not (
+            isinstance(steps_for_replacing, int)
+            and not isinstance(steps_for_replacing, bool)
+            and steps_for_replacing >= 0
+        ):
+            raise ConfigError(
+                "technique.steps_for_replacing",
+                steps_for_replacing,
+                "an integer >= 0 (optimizer steps before p = 1)",
             )
 
     @classmethod
-    def requirements(cls, stage: str = "both", **_: Any) -> Requirements:
+    def requirements(cls, **_: Any) -> Requirements:
         # Module replacing runs a random subset of the successors each step: the others get no gradient.
-        return Requirements(teacher=True, find_unused_parameters=stage in ("both", "replace"))
+        return Requirements(teacher=True, find_unused_parameters=True)
 
     @classmethod
     def check_models(cls, models: ModelConfigs, **hparams: Any) -> None:
@@ -122,20 +143,6 @@ class BertOfTheseus(Technique):
         for key in ("model_type", "hidden_size"):
             models.require_same(key, "successor and predecessor layers must be interchangeable")
 
-    @classmethod
-    def stages(
-        cls,
-        stage: str = "both",
-        replace_epochs: int | None = None,
-        finetune_epochs: int | None = None,
-        **_: Any,
-    ) -> list[Stage]:
-        # Module replacing runs to the end of its curriculum (as the reference does); the successor model is then
-        # selected on validation in successor fine-tuning.
-        replace = Stage("replace", {"stage": "replace"}, replace_epochs, select_best=False)
-        finetune = Stage("finetune", {"stage": "finetune"}, finetune_epochs)
-        return {"both": [replace, finetune], "replace": [replace], "finetune": [finetune]}[stage]
-
     # ------------------------------------------------------------------- setup
     def _share_and_freeze(self) -> None:
         """Hold a frozen copy of the teacher's layers, share its embeddings and head (shapes: check_models)."""
@@ -143,44 +150,51 @@ class BertOfTheseus(Technique):
         assert teacher is not None
         num_T, num_S = structure.num_layers(teacher), structure.num_layers(student)
         self.block = num_T // num_S
-        predecessors = None
-        if self.stage == "replace":
-            predecessors = copy.deepcopy(structure.encoder_layers(teacher)).requires_grad_(False)
-            _copy_shared_weights(teacher, student)
-            log.info(
-                "theseus: %d predecessor layers -> %d successors (k=%d); teacher layers -> student layer: %s",
-                num_T,
-                num_S,
-                self.block,
-                ", ".join(f"{i * self.block}-{(i + 1) * self.block - 1}->{i}" for i in range(num_S)),
-            )
+        predecessors = copy.deepcopy(structure.encoder_layers(teacher)).requires_grad_(False)
         object.__setattr__(self, "_predecessors", predecessors)  # like the teacher: never in checkpoints
-        successors = structure.encoder_layers(student)
+        _copy_shared_weights(teacher, student)
         for param in student.parameters():
             param.requires_grad_(False)
-        successors.requires_grad_(True)
+        structure.encoder_layers(student).requires_grad_(True)
+        log.info(
+            "theseus: %d predecessor layers -> %d successors (k=%d); teacher layers -> student layer: %s",
+            num_T,
+            num_S,
+            self.block,
+            ", ".join(f"{i * self.block}-{(i + 1) * self.block - 1}->{i}" for i in range(num_S)),
+        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self._predecessors is not None:
-            self._predecessors.to(self.device)
+        self._predecessors.to(self.device)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        total, full = int(self.trainer.estimated_stepping_batches), self.replacement.successor_only_from()
+        r = self.replacement
+        rule = (
+            f"p = min(1, {r.k:g}*t + {r.rate:g})"
+            if r.kind == "linear"
+            else f"p = {r.rate:g} for t < {r.steps_for_replacing}, then 1"
+        )
+        if full < total:
+            log.info("theseus: %s; successor-only fine-tuning from step %d of %d", rule, full, total)
+        else:
+            log.warning(
+                "theseus: %s reaches p = 1 only at step %d, after this run's %d steps: no successor-only "
+                "fine-tuning (more epochs, or a larger scheduler_linear_k / smaller steps_for_replacing)",
+                rule,
+                full,
+                total,
+            )
 
     # ----------------------------------------------------------------- training
-    def replace_rate(self, step: int, total: int) -> float:
-        """The replacement probability p at ``step`` of ``total`` (1 in the successor fine-tuning stage)."""
-        if self.stage == "finetune":
-            return 1.0
-        rate = float(self.replacement_schedule(step, total))
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(
-                f"replacement_schedule gave p={rate} at step {step}/{total}; it must lie in [0, 1]"
-            )
-        return rate
+    def replace_rate(self, step: int) -> float:
+        """The replacement probability p after ``step`` optimizer steps (the reference's scheduler)."""
+        return self.replacement(step)
 
     def compound_logits(self, batch: Mapping[str, Tensor], replaced: list[bool]) -> Tensor:
         """Logits of the compound model in which successor ``i`` stands in for block ``i`` where ``replaced[i]``."""
-        if self._predecessors is None:
-            raise RuntimeError("the compound model exists only in the replace stage")
         successors = structure.encoder_layers(self.student)
         self._predecessors.train(self.student.training)
         layers = compound_layers(self._predecessors, successors, replaced)
@@ -188,7 +202,8 @@ class BertOfTheseus(Technique):
             return self.student(**model_inputs(batch)).logits
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        rate = self.replace_rate(self.global_step, int(self.trainer.estimated_stepping_batches))
+        # global_step: optimizer steps so far, the count the reference's scheduler has reached at this batch
+        rate = self.replace_rate(self.global_step)
         if rate == 1.0:
             logits = self(batch)  # the successor model alone: no predecessor layer would run
         else:
@@ -196,8 +211,8 @@ class BertOfTheseus(Technique):
             logits = self.compound_logits(batch, replaced)
         ce = F.cross_entropy(logits, batch["labels"])
         if not ce.requires_grad:
-            # No successor drawn: the step ran the frozen teacher only. As in the reference, it updates nothing
-            # (every gradient stays None, so the optimizer skips every parameter) but still counts as a step.
+            # No successor drawn: the step ran the frozen teacher only. It updates nothing (every gradient stays
+            # None, so the optimizer skips every parameter) but still counts as a step, as in the reference.
             ce = ce.detach().requires_grad_()
         return {"loss": ce, "loss/ce": ce, "theseus/replace_rate": logits.new_tensor(rate)}
 
