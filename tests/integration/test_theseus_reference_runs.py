@@ -1,6 +1,7 @@
 """BERT-of-Theseus through the real runner trains as the reference ``run_glue.py`` does: one stage, one optimizer
 and one LR schedule, the replacement rate ``min(1, k·t + b)`` per optimizer step with successor-only fine-tuning
-as the tail of the same run, successors initialised from the first L_S layers of the fine-tuned teacher."""
+as the tail of the same run, successors initialised from the first L_S layers of the fine-tuned teacher; and the
+``_student_`` request Theseus introduced, as PKD and DistilBERT use it for their papers' student initialisation."""
 
 from __future__ import annotations
 
@@ -158,3 +159,26 @@ def test_bad_theseus_hparams_fail_before_anything_trains(tiny_setup, override, k
     with pytest.raises(ConfigError, match=f"^{key}=") as err:
         plan(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("technique, init", [("pkd", "first"), ("distilbert", "distilbert")])
+def test_pkd_and_distilbert_ask_for_their_papers_student_init(tiny_setup, technique, init):
+    root, corpus, teacher = tiny_setup
+    cfg = compose_run_config([*tiny_overrides(root, corpus, teacher), f"technique={technique}", "student=2L"],
+                             root / "outputs" / "runs" / f"{technique}_plan")
+    plan(cfg)
+    assert (cfg.student.init, cfg.student.init_from) == (init, "pretrained")
+
+
+def test_a_pkd_run_starts_from_the_teachers_first_layers(tiny_setup):
+    """Through train.py: the recorded config names init=first and student layer 1 starts as pretrained layer 1
+    (init=skip would have copied layer 3 of the 4-layer tiny teacher)."""
+    root, _, pretrained_dir = tiny_setup
+    snapshot = root / "pkd_start.pt"
+    results = run_tiny(tiny_setup, "pkd_init", "technique=pkd", "student=2L", "trainer.max_epochs=1",
+                       f"+callbacks.snap._target_={__name__}.SnapshotAtTrainStart",
+                       f"+callbacks.snap.path={snapshot}")
+    assert results["config"]["student"]["init"] == "first"
+    start, pretrained = torch.load(snapshot, weights_only=False), BertModel.from_pretrained(pretrained_dir).state_dict()
+    assert _same(_layer(start["student"], "bert.", 1), _layer(pretrained, "", 1))
+    assert not _same(_layer(start["student"], "bert.", 1), _layer(pretrained, "", 3))
