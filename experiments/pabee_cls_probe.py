@@ -1,0 +1,38 @@
+"""Why PABEE's lower internal classifiers stay at chance on the fine-tuned MiniLM-L6: how much the pooled
+``[CLS]`` of each layer varies across inputs (PABEE's classifiers read it through the shared pooler).
+
+    python experiments/pabee_cls_probe.py [TEACHER_DIR]
+
+TEACHER_DIR defaults to the cached fine-tuned teacher (``outputs/teachers/minilm_l6/tweet_sentiment/seed42-*``,
+written by any run on the embedded default). Eight short tweets-like sentences of clearly different sentiment
+are enough: a layer whose pooled ``[CLS]`` varies by ~1e-4 across them gives a classifier nothing to read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+TEXTS = ["I love this so much", "worst day ever, I hate it", "the meeting is at 5pm", "great game tonight!!",
+         "so sad about the news", "just had lunch", "this is awful", "amazing, thank you"]
+
+
+def main() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    cache = repo / "outputs" / "teachers" / "minilm_l6" / "tweet_sentiment"
+    teacher = Path(sys.argv[1]) if len(sys.argv) > 1 else sorted(p for p in cache.glob("seed42-*") if p.is_dir())[-1]
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    batch = AutoTokenizer.from_pretrained(teacher)(TEXTS, padding=True, return_tensors="pt")
+    print(f"{teacher}\nlayer | mean |CLS| | largest |CLS| coordinate | pooled std across inputs")
+    with torch.no_grad():
+        hidden = model.bert(**batch, output_hidden_states=True).hidden_states[1:]
+        for j, h in enumerate(hidden, start=1):
+            cls, pooled = h[:, 0], model.bert.pooler(h)
+            print(f"{j} | {cls.norm(dim=-1).mean():.1f} | {cls.abs().max():.1f} | {pooled.std(0).mean():.4f}")
+
+
+if __name__ == "__main__":
+    main()
