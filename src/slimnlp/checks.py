@@ -43,7 +43,7 @@ from slimnlp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NUMERICS_RULES", "OPTIMIZER_RULES", "RULES", "check_run_config", "expand_sweep"]
+__all__ = ["NUMERICS_RULES", "OPTIMIZER_RULES", "RULES", "check_run_config", "expand_sweep", "require"]
 
 _MISSING = "???"  # OmegaConf's mandatory value, as to_container(throw_on_missing=False) leaves it
 MAX_SEED = 2**32 - 1  # numpy's (and Lightning's seed_everything's) bound
@@ -143,6 +143,13 @@ def number(
         (f"{noun}{_interval(lo, hi, lo_open, hi_open)}",),
         lambda v: _is_number(v) and (isinstance(v, float) or not floats_only) and _within(v, lo, hi, lo_open, hi_open),
     )
+
+
+def require(key: str, value: Any, check: Check, meaning: str = "") -> None:
+    """Raise the one-line ConfigError for ``key`` unless ``value`` passes ``check`` (a value check, no
+    context): what a technique's ``validate_hparams`` uses for its own keys. ``meaning`` is appended."""
+    if not check.test(value):
+        raise ConfigError(key, value, f"{check.allowed} ({meaning})" if meaning else check.allowed)
 
 
 def _show(value: Any) -> str:

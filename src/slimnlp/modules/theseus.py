@@ -51,13 +51,10 @@ class ReplacementScheduler:
             return 0
         if self.kind == "constant":
             return self.steps_for_replacing
-        # Start just below (1 - b) / k; the loops settle float rounding either way.
-        step = max(math.ceil((1.0 - self.rate) / self.k) - 1, 0)
-        while step > 0 and self(step - 1) >= 1.0:
-            step -= 1
-        while self(step) < 1.0:
-            step += 1
-        return step
+        step = math.ceil((1.0 - self.rate) / self.k)  # p = 1 from here, give or take float rounding of k·t + b
+        if step > 0 and self(step - 1) >= 1.0:
+            return step - 1
+        return step if self(step) >= 1.0 else step + 1
 
 
 def sample_replacement(

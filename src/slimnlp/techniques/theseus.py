@@ -63,16 +63,13 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from slimnlp.batch import model_inputs
+from slimnlp.checks import integer, number, require
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 from slimnlp.modules.theseus import SCHEDULERS, ReplacementScheduler, compound_layers, sample_replacement
 from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 
 log = logging.getLogger(__name__)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BertOfTheseus(Technique):
@@ -103,26 +100,10 @@ class BertOfTheseus(Technique):
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise ConfigError("technique.scheduler", scheduler, f"allowed: {', '.join(SCHEDULERS)}")
-        if not (_is_number(replacing_rate) and 0.0 <= replacing_rate <= 1.0):
-            raise ConfigError(
-                "technique.replacing_rate", replacing_rate, "a number in [0, 1] (linear: the base rate b)"
-            )
-        if not (_is_number(scheduler_linear_k) and scheduler_linear_k > 0):
-            raise ConfigError(
-                "technique.scheduler_linear_k",
-                scheduler_linear_k,
-                "a number > 0 (the slope k per optimizer step)",
-            )
-        if not (
-            isinstance(steps_for_replacing, int)
-            and not isinstance(steps_for_replacing, bool)
-            and steps_for_replacing >= 0
-        ):
-            raise ConfigError(
-                "technique.steps_for_replacing",
-                steps_for_replacing,
-                "an integer >= 0 (optimizer steps before p = 1)",
-            )
+        require("technique.replacing_rate", replacing_rate, number(0, 1), "linear: the base rate b")
+        require("technique.scheduler_linear_k", scheduler_linear_k, number(0, lo_open=True),
+                "the slope k per optimizer step")
+        require("technique.steps_for_replacing", steps_for_replacing, integer(0), "optimizer steps before p = 1")
 
     @classmethod
     def requirements(cls, **_: Any) -> Requirements:
