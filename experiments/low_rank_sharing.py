@@ -17,7 +17,9 @@ PABEE is trained once per seed at patience 2 (``pabee_p2``); the other patience 
 saved run with ``technique=early_exit student=path`` (``exit_p<k>``, no training), so they run after it.
 
 Each finished cell's ``results.json`` is copied into ``experiments/low_rank_sharing/cells/<cell>/`` and never
-re-run, so the table can fill over several sessions; the report goes to ``experiments/low_rank_sharing/``.
+re-run, so the table can fill over several sessions; the report goes to ``experiments/low_rank_sharing/``, and
+the same rows against SVD at rank 0.25 after KD (``vs_svd_r25_kd/``) and against sharing all layers
+(``vs_share_all/``).
 """
 
 from __future__ import annotations
@@ -61,4 +63,6 @@ def cells() -> dict[str, list[str]]:
 
 
 if __name__ == "__main__":
-    main(__doc__.splitlines()[0], cells(), COMMON, "low_rank_sharing", GROUP_BY, COLUMNS)
+    main(__doc__.splitlines()[0], cells(), COMMON, "low_rank_sharing", GROUP_BY, COLUMNS,
+         baselines={"vs_svd_r25_kd": "technique=svd,technique.rank_ratio=0.25,technique.recover=kd",
+                    "vs_share_all": "technique=layer_sharing,technique.strategy=all"})
