@@ -14,7 +14,10 @@ and keeps 31% of an FFN one; 0.5 keeps 192 (FFN 62%, attention matrices stay den
 384 x 384 matrix). ``COMMON`` drops ONNX Runtime, the robustness attacks and the energy meter from every cell.
 
 PABEE is trained once per seed at patience 2 (``pabee_p2``); the other patience values re-evaluate and re-time that
-saved run with ``technique=early_exit student=path`` (``exit_p<k>``, no training), so they run after it.
+saved run with ``technique=early_exit student=path`` (``exit_p<k>``, no training), so they run after it. The
+paper's ``[CLS]`` pooling leaves the lower internal classifiers of this sentence-transformer at chance
+(``experiments/pabee_cls_probe.py``), so the same cells also run with ``technique.exit_pooling=mean``
+(``pabee_mean_p2``, ``exit_mean_p<k>``).
 
 Each finished cell's ``results.json`` is copied into ``experiments/low_rank_sharing/cells/<cell>/`` and never
 re-run, so the table can fill over several sessions; the report goes to ``experiments/low_rank_sharing/``, and
@@ -30,7 +33,7 @@ FINETUNED = ["student=6L", "student.init_from=finetuned"]
 COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]",
           "energy.enabled=false", "trainer.enable_progress_bar=false"]
 GROUP_BY = ("technique,technique.rank_ratio,technique.recover,technique.rank,technique.strategy,"
-            "technique.patience")
+            "technique.exit_pooling,technique.patience")
 COLUMNS = ("test/acc,test/f1,fidelity/agreement,test/avg_exit_layer,eff/params,eff/disk_bytes,eff/flops,"
            "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b32")
 PABEE_RUNS = REPO / "outputs" / "experiments" / "low_rank_sharing"  # exit_p<k>_s<seed> reads pabee_p2_s<seed> here
@@ -45,21 +48,26 @@ SETTINGS = {  # cell name prefix -> overrides, seeds
     "share_sandwich": (["technique=layer_sharing", "technique.strategy=sandwich", "technique.unique_layers=null"],
                        (0,)),
     "pabee_p2": (["technique=pabee", "technique.patience=2"], (0,)),
+    "pabee_mean_p2": (["technique=pabee", "technique.patience=2", "technique.exit_pooling=mean"], (0,)),
 }
 EXIT_PATIENCE = (1, 3, 6)
 
 
-def early_exit_cells(seeds: tuple[int, ...]) -> dict[str, list[str]]:
-    """``exit_p<k>_s<seed>``: the saved ``pabee_p2_s<seed>`` run at patience k (no training; it must have finished)."""
-    return {f"exit_p{k}_s{seed}": ["technique=early_exit", f"technique.patience={k}", "student=path",
-                                   f"student.path={PABEE_RUNS / f'pabee_p2_s{seed}'}", f"seed={seed}"]
+def early_exit_cells(seeds: tuple[int, ...], pooling: str) -> dict[str, list[str]]:
+    """``exit[_mean]_p<k>_s<seed>``: the saved ``pabee[_mean]_p2_s<seed>`` run at patience k (no training; it must
+    have finished); ``technique.exit_pooling`` is checked against the saved student and names the row."""
+    tag = "" if pooling == "cls" else f"_{pooling}"
+    return {f"exit{tag}_p{k}_s{seed}": ["technique=early_exit", f"technique.patience={k}", "student=path",
+                                        f"student.path={PABEE_RUNS / f'pabee{tag}_p2_s{seed}'}",
+                                        f"technique.exit_pooling={pooling}", f"seed={seed}"]
             for k in EXIT_PATIENCE for seed in seeds}
 
 
 def cells() -> dict[str, list[str]]:
     return {**{f"{name}_s{seed}": [*FINETUNED, *overrides, f"seed={seed}"]
                for name, (overrides, seeds) in SETTINGS.items() for seed in seeds},
-            **early_exit_cells(SETTINGS["pabee_p2"][1])}
+            **early_exit_cells(SETTINGS["pabee_p2"][1], "cls"),
+            **early_exit_cells(SETTINGS["pabee_mean_p2"][1], "mean")}
 
 
 if __name__ == "__main__":

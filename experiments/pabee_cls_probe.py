@@ -1,5 +1,6 @@
 """Why PABEE's lower internal classifiers stay at chance on the fine-tuned MiniLM-L6: how much the pooled
-``[CLS]`` of each layer varies across inputs (PABEE's classifiers read it through the shared pooler).
+``[CLS]`` of each layer varies across inputs (PABEE's classifiers read it through the shared pooler), and how much
+the pooled mean of the real tokens does (``technique.exit_pooling=mean``, ``slimnlp.modules.early_exit``).
 
     python experiments/pabee_cls_probe.py [MODEL]
 
@@ -18,6 +19,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from slimnlp.models.assets import resolve_pretrained
+from slimnlp.modules.early_exit import MaskedMeanPooler
 
 TEXTS = ["I love this so much", "worst day ever, I hate it", "the meeting is at 5pm", "great game tonight!!",
          "so sad about the news", "just had lunch", "this is awful", "amazing, thank you"]
@@ -30,12 +32,17 @@ def main() -> None:
                else sorted(p for p in cache.glob("seed42-*") if p.is_dir())[-1])
     model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     batch = AutoTokenizer.from_pretrained(teacher)(TEXTS, padding=True, return_tensors="pt")
-    print(f"{teacher}\nlayer | mean |CLS| | largest |CLS| coordinate | pooled std across inputs")
+    mean_pooler = MaskedMeanPooler(model.config)
+    mean_pooler.load_state_dict(model.bert.pooler.state_dict())
+    mask = batch["attention_mask"].bool()
+    print(f"{teacher}\nlayer | mean |CLS| | largest |CLS| coordinate | pooled [CLS] std across inputs | "
+          "pooled token-mean std across inputs")
     with torch.no_grad():
         hidden = model.bert(**batch, output_hidden_states=True).hidden_states[1:]
         for j, h in enumerate(hidden, start=1):
-            cls, pooled = h[:, 0], model.bert.pooler(h)
-            print(f"{j} | {cls.norm(dim=-1).mean():.1f} | {cls.abs().max():.1f} | {pooled.std(0).mean():.4f}")
+            cls, pooled, pooled_mean = h[:, 0], model.bert.pooler(h), mean_pooler.pool(h, mask)
+            print(f"{j} | {cls.norm(dim=-1).mean():.1f} | {cls.abs().max():.1f} | {pooled.std(0).mean():.4f} | "
+                  f"{pooled_mean.std(0).mean():.4f}")
 
 
 if __name__ == "__main__":

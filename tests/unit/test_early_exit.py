@@ -1,6 +1,7 @@
 """PABEE's early exit (Zhou et al. 2020): the full patience is the full model, a batch gives every example the
 answer and exit layer it gets alone, exited examples really leave the batch, the training loss is the paper's
-weighted average, the artifact reloads exactly, bad input fails in one line."""
+weighted average, the artifact reloads exactly, bad input fails in one line; all of it with the paper's [CLS]
+pooling and with the mean pooling of the real tokens (SDPA's boolean mask and eager's additive one)."""
 
 import math
 
@@ -14,7 +15,7 @@ from slimnlp.artifacts import artifact_manifest, load_student, save_student
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.modules.early_exit import add_internal_classifiers, exit_encoder, patience_weighted_loss
+from slimnlp.modules.early_exit import MaskedMeanPooler, add_internal_classifiers, exit_encoder, patience_weighted_loss
 from slimnlp.techniques.pabee import PABEE, EarlyExit
 
 TEXTS = ["a great movie", "the worst day ever, really awful", "it is a table", "love it", "meh", "so so so bad",
@@ -60,27 +61,51 @@ def test_a_patience_of_depth_minus_one_or_more_is_the_full_model_with_its_last_c
     torch.testing.assert_close(logits, last)
 
 
-def _bert(vocab_size: int, **config) -> BertForSequenceClassification:
+def _bert(vocab_size: int, attention: str = "sdpa", **config) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, num_labels=3, **config))
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=3, **config)
+    config._attn_implementation = attention
+    return BertForSequenceClassification(config)
 
 
-@pytest.fixture()
-def varied_exits(tokenizer):
+POOLINGS = [("cls", "sdpa"), ("mean", "sdpa"), ("mean", "eager")]  # the mask a mean pooler reads: bool, additive
+
+
+@pytest.fixture(params=POOLINGS, ids=["-".join(p) for p in POOLINGS])
+def varied_exits(tokenizer, request):
     """A random tiny BERT with patience 1, initialised wide (a 0.02 init pools every text to almost the same
     vector, so every internal classifier answers alike): examples leave at every depth (checked), so batching
     has something to get wrong."""
-    model = _bert(tokenizer.vocab_size, initializer_range=0.5)
-    add_internal_classifiers(model, 1)
+    pooling, attention = request.param
+    model = _bert(tokenizer.vocab_size, attention, initializer_range=0.5)
+    add_internal_classifiers(model, 1, pooling)
     return model
+
+
+def test_the_mean_pooler_reads_the_mean_of_the_real_tokens_through_the_models_dense_and_tanh(tokenizer, batch):
+    model = _bert(tokenizer.vocab_size, initializer_range=0.5)
+    dense = model.bert.pooler.dense.weight.detach().clone()
+    encoder = add_internal_classifiers(model, 3, "mean")  # patience 3 of 4 layers: the full model
+    assert isinstance(encoder.pooler, MaskedMeanPooler) and model.bert.pooler is encoder.pooler
+    assert torch.equal(encoder.pooler.dense.weight, dense)  # the model's pooler weights kept
+    with torch.no_grad():
+        out = model.eval()(**model_inputs(batch), output_hidden_states=True)
+    last, mask = out.hidden_states[-1], batch["attention_mask"]
+    assert (mask == 0).any()  # the batch is padded
+    means = torch.stack([last[i, : int(mask[i].sum())].mean(0) for i in range(len(TEXTS))])
+    expected = model.classifier.linears[-1](torch.tanh(encoder.pooler.dense(means)))
+    torch.testing.assert_close(out.logits, expected)
+    cls = model.classifier.linears[-1](torch.tanh(encoder.pooler.dense(last[:, 0])))
+    assert not torch.allclose(out.logits, cls, atol=1e-3)
+    with pytest.raises(ValueError, match="follows the encoder's last pass"):
+        encoder.pooler(last[:2])  # a stale token mask is never applied to another batch
 
 
 def test_a_batch_gives_every_example_the_answer_and_exit_layer_it_gets_alone(varied_exits, batch):
     model = varied_exits
     logits, layers = _run(model, batch)
-    assert set(layers.tolist()) == {2, 3, 4}  # patience 1: layer 2 is the earliest exit
+    assert set(layers.tolist()) == {2, 3, 4}  # patience 1: layer 2 is the earliest exit; examples leave at each
     alone_logits, alone_layers = _one_by_one(model, batch)
     assert torch.equal(layers, alone_layers)
     torch.testing.assert_close(logits, alone_logits, atol=1e-5, rtol=1e-5)
@@ -129,16 +154,25 @@ def test_the_loss_is_the_layer_weighted_average_of_the_internal_cross_entropies(
     assert patience_weighted_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_training_trains_every_layers_classifier_on_the_weighted_loss(tokenizer, batch):
-    technique = PABEE(patience=2, **technique_kwargs(_bert(tokenizer.vocab_size, hidden_dropout_prob=0.0,
-                                                            attention_probs_dropout_prob=0.0)))
+def _pooled(pooling, h, mask):
+    if pooling == "cls":
+        return h[:, 0]
+    return torch.stack([h[i, : int(mask[i].sum())].mean(0) for i in range(h.shape[0])])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_training_trains_every_layers_classifier_on_the_weighted_loss(tokenizer, batch, pooling):
+    technique = PABEE(patience=2, exit_pooling=pooling, **technique_kwargs(
+        _bert(tokenizer.vocab_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
     technique.prepare()
     encoder = exit_encoder(technique.student)
+    assert encoder.pooling == pooling
     technique.train()
     losses = technique.training_loss(batch)
     with torch.no_grad():
         hidden = technique.student(**model_inputs(batch), output_hidden_states=True).hidden_states[1:]
-        per_layer = [linear(encoder.pooler(h)) for linear, h in zip(encoder.classifiers.linears, hidden)]
+        per_layer = [linear(torch.tanh(encoder.pooler.dense(_pooled(pooling, h, batch["attention_mask"]))))
+                     for linear, h in zip(encoder.classifiers.linears, hidden)]
     ce = [F.cross_entropy(logits, batch["labels"]).item() for logits in per_layer]
     assert losses["loss"].item() == pytest.approx(sum(j * c for j, c in enumerate(ce, 1)) / 10, rel=1e-5)
     assert [losses[f"train/ce_layer{j}"].item() for j in range(1, 5)] == pytest.approx(ce, rel=1e-5)
@@ -154,14 +188,19 @@ def test_the_artifact_reloads_to_the_same_logits_and_exits_and_takes_a_new_patie
     assert manifest["replacements"]["bert.encoder"]["kind"] == "patience_exit_encoder"
     assert manifest["shared"] == {"bert.pooler": "bert.encoder.pooler", "classifier": "bert.encoder.classifiers"}
     save_student(model, tmp_path / "student")
-    reloaded = load_student(tmp_path / "student")
+    reloaded = load_student(tmp_path / "student", attn_implementation=model.config._attn_implementation)
     assert exit_encoder(reloaded).patience == 1
+    assert exit_encoder(reloaded).pooling == exit_encoder(model).pooling
     assert reloaded.bert.pooler is exit_encoder(reloaded).pooler
     again, again_layers = _run(reloaded, batch)
     assert torch.equal(again, logits) and torch.equal(again_layers, layers)
-    technique = EarlyExit(patience=4, **technique_kwargs(reloaded))
+    pooling = exit_encoder(model).pooling
+    technique = EarlyExit(patience=4, exit_pooling=pooling, **technique_kwargs(reloaded))
     technique.prepare()
     assert torch.equal(_run(technique.student, batch)[1], torch.full((len(TEXTS),), 4))
+    other = {"cls": "mean", "mean": "cls"}[pooling]
+    with pytest.raises(ConfigError, match=rf"technique\.exit_pooling='{other}' .*saved student's pooling '{pooling}'"):
+        EarlyExit(patience=2, exit_pooling=other, **technique_kwargs(reloaded)).prepare()
 
 
 @pytest.mark.parametrize("patience", [0, -1, 1.5, True, "2", None])
@@ -169,6 +208,16 @@ def test_a_bad_patience_fails_in_one_line_naming_it(patience):
     for cls in (PABEE, EarlyExit):
         with pytest.raises(ConfigError, match=r"technique\.patience") as err:
             cls.check_hparams(patience=patience)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("pooling", ["max", "CLS", None, 1])
+def test_a_bad_exit_pooling_fails_in_one_line_naming_it_and_the_choices(pooling):
+    for cls in (PABEE, EarlyExit):
+        if pooling is None and cls is EarlyExit:
+            continue  # null: the saved student's pooling
+        with pytest.raises(ConfigError, match=r"technique\.exit_pooling=.*cls(, | or )mean") as err:
+            cls.check_hparams(patience=2, exit_pooling=pooling)
         assert "\n" not in str(err.value)
 
 
@@ -193,7 +242,7 @@ def test_modules_replaced_inside_the_wrapped_layers_stay_described_and_reload(va
     replacements = artifact_manifest(varied_exits)["replacements"]
     assert replacements["bert.encoder.layer.1.attention.self.query"]["kind"] == "factorized_linear"
     save_student(varied_exits, tmp_path / "student")
-    reloaded = load_student(tmp_path / "student")
+    reloaded = load_student(tmp_path / "student", attn_implementation=varied_exits.config._attn_implementation)
     assert isinstance(structure.encoder_layers(reloaded)[1].attention.self.query, FactorizedLinear)
     again, again_layers = _run(reloaded, batch)
     assert torch.equal(again, logits) and torch.equal(again_layers, layers)

@@ -25,7 +25,12 @@ reference (exit when ``patience`` consecutive layers repeat the previous one's p
 ``patience + 1`` at the earliest), but the reference's ``patience = 0`` ("use all layers") is not a value here: a
 patience of ``depth - 1`` or more never exits early and is the full model; (3) classification only (the
 reference's regression threshold is not implemented); (4) BERT-family encoders (``model_type`` bert: BERT,
-MiniLM), whose head is the pooler and one Linear, like the reference's.
+MiniLM), whose head is the pooler and one Linear, like the reference's; (5) ``pooling="mean"`` (not in the
+reference, which always pools ``[CLS]``): the pooler reads the mean of each example's real tokens instead of its
+``[CLS]`` (``MaskedMeanPooler``, the same dense + tanh and the same parameters). A sentence-transformer trained with
+mean pooling, such as the embedded default's all-MiniLM-L6-v2, has a lower-layer ``[CLS]`` that hardly varies
+across inputs (``experiments/pabee_cls_probe.py``: pooled std ~1e-4 at layers 1-3, 0.18 at layer 6), so internal
+classifiers on it stay at chance and every patience exits on a constant answer; its mean-pooled tokens do vary.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.models import structure
 
 EARLY_EXIT_MODEL_TYPES = ("bert",)
+EXIT_POOLINGS = ("cls", "mean")  # what the shared pooler reads: the [CLS] token (the paper) or the masked token mean
 
 
 def patience_weighted_loss(layer_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
@@ -80,6 +86,50 @@ class ExitClassifiers(nn.Module):
             rows = route == layer
             logits[rows] = self.linears[layer - 1](pooled[rows])
         return logits
+
+
+def token_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """[batch, length] True for each example's real tokens, from the bidirectional mask the encoder's layers get
+    (HF's ``create_bidirectional_mask``: None without padding, boolean for SDPA, additive 0 / -inf for eager)."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 4:
+        raise ValueError(f"mean pooling reads a [batch, 1, query, key] attention mask, got {type(attention_mask).__name__}"
+                         f"{'' if not isinstance(attention_mask, Tensor) else tuple(attention_mask.shape)}")
+    keys = attention_mask[:, 0, 0, :]  # bidirectional: every query sees the same keys
+    return keys if keys.dtype == torch.bool else keys == 0
+
+
+class MaskedMeanPooler(BertPooler):
+    """BERT's pooler (dense + tanh, the same parameters and state-dict keys) on the mean of each example's real
+    tokens instead of its ``[CLS]``: for encoders trained with mean pooling (sentence-transformers), whose lower
+    layers' ``[CLS]`` carries almost nothing. The HF model calls its pooler with the hidden states only, so the
+    encoder hands it the pass's token mask (``token_mask``, [batch, length]) before every call."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.token_mask: Tensor | None = None
+
+    def pool(self, hidden_states: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            mean = hidden_states.mean(dim=1)
+        else:
+            weights = mask.unsqueeze(-1).to(hidden_states.dtype)
+            mean = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return self.activation(self.dense(mean))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        mask = self.token_mask
+        if mask is not None and mask.shape != hidden_states.shape[:2]:
+            raise ValueError(f"a token mask of shape {tuple(mask.shape)} for hidden states {tuple(hidden_states.shape)}:"
+                             " the mean pooler follows the encoder's last pass")
+        return self.pool(hidden_states, mask)
+
+
+def _pool(pooler: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
+    if isinstance(pooler, MaskedMeanPooler):
+        return pooler.pool(hidden_states, token_mask(attention_mask))
+    return pooler(hidden_states)
 
 
 def _rows(value: Any, keep: Tensor) -> Any:
@@ -125,15 +175,20 @@ class PatienceExitEncoder(nn.Module):
         """Whether an example can leave before the last layer: only with ``patience <= depth - 2``."""
         return self.patience <= len(self.layer) - 2
 
+    @property
+    def pooling(self) -> str:
+        return "mean" if isinstance(self.pooler, MaskedMeanPooler) else "cls"
+
     def artifact_spec(self) -> dict:
-        return {"patience": self.patience, "num_labels": self.classifiers.num_labels}
+        return {"patience": self.patience, "num_labels": self.classifiers.num_labels, "pooling": self.pooling}
 
     @classmethod
     def from_artifact_spec(cls, spec: dict, wrapped: nn.Module) -> PatienceExitEncoder:
         """Around the config-built encoder ``wrapped``: its layers and config, a pooler and Linears to load."""
         config, depth = wrapped.config, len(wrapped.layer)
         linears = [nn.Linear(config.hidden_size, int(spec["num_labels"])) for _ in range(depth)]
-        return cls(wrapped.layer, BertPooler(config), ExitClassifiers(linears), int(spec["patience"]), config)
+        pooler = MaskedMeanPooler(config) if spec.get("pooling", "cls") == "mean" else BertPooler(config)
+        return cls(wrapped.layer, pooler, ExitClassifiers(linears), int(spec["patience"]), config)
 
     def forward(
         self,
@@ -158,6 +213,8 @@ class PatienceExitEncoder(nn.Module):
                                    f"patience of {depth - 1} or more, which never exits early, exports)")
             exited, exit_layers = self._forward_with_exits(hidden_states, attention_mask, kwargs)
             route = exit_layers
+        if isinstance(self.pooler, MaskedMeanPooler):  # the model pools the returned states of the whole batch
+            self.pooler.token_mask = token_mask(attention_mask)
         self.exit_layers = exit_layers
         self.classifiers.route = route
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=exited)
@@ -177,7 +234,7 @@ class PatienceExitEncoder(nn.Module):
             if j == depth:
                 exited[alive] = hidden_states
                 break
-            prediction = self.classifiers.linears[j - 1](self.pooler(hidden_states)).argmax(-1)
+            prediction = self.classifiers.linears[j - 1](_pool(self.pooler, hidden_states, attention_mask)).argmax(-1)
             if previous is not None:
                 streak = torch.where(prediction == previous, streak + 1, 0)
             previous = prediction
@@ -203,18 +260,26 @@ def check_early_exit_model(config: PretrainedConfig, key: str = "student") -> No
                           f"a BERT-family encoder (model_type {allowed}): the internal classifiers share its pooler")
 
 
-def add_internal_classifiers(model: PreTrainedModel, patience: int) -> PatienceExitEncoder:
+def add_internal_classifiers(model: PreTrainedModel, patience: int, pooling: str = "cls") -> PatienceExitEncoder:
     """Give ``model`` (a BERT classifier) an internal classifier per layer, in place: new Linears initialised as
-    the model initialises its own for layers 1..L-1, the model's ``classifier`` for layer L. The model's forward
-    then exits early in eval mode; returns the new encoder."""
+    the model initialises its own for layers 1..L-1, the model's ``classifier`` for layer L; with ``pooling="mean"``
+    the model's pooler (its weights kept) reads the mean of the real tokens instead of ``[CLS]``. The model's
+    forward then exits early in eval mode; returns the new encoder."""
     check_early_exit_model(model.config)
+    if pooling not in EXIT_POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(EXIT_POOLINGS)}, got {pooling!r}")
     base, head = structure.backbone(model), model.classifier
     new = [nn.Linear(head.in_features, head.out_features) for _ in range(structure.num_layers(model) - 1)]
     for linear in new:
         model._init_weights(linear)
     classifiers = ExitClassifiers([linear.to(head.weight) for linear in new] + [head])
-    encoder = PatienceExitEncoder(base.encoder.layer, base.pooler, classifiers, patience, base.encoder.config)
-    base.encoder, model.classifier = encoder.train(model.training), classifiers
+    pooler = base.pooler
+    if pooling == "mean":
+        pooler = MaskedMeanPooler(model.config).to(head.weight)
+        pooler.load_state_dict(base.pooler.state_dict())
+        pooler.train(model.training)
+    encoder = PatienceExitEncoder(base.encoder.layer, pooler, classifiers, patience, base.encoder.config)
+    base.encoder, base.pooler, model.classifier = encoder.train(model.training), pooler, classifiers
     return encoder
 
 
@@ -226,7 +291,8 @@ def exit_encoder(model: PreTrainedModel) -> PatienceExitEncoder | None:
 
 def internal_logits(model: PreTrainedModel, hidden_states: Sequence[Tensor]) -> list[Tensor]:
     """Every layer's internal-classifier logits (dropout, as the reference trains them) from the model's
-    ``hidden_states`` output (embeddings first, then one per layer)."""
+    ``hidden_states`` output (embeddings first, then one per layer); a mean pooler reads the token mask the
+    encoder set on that pass."""
     encoder = exit_encoder(model)
     if encoder is None:
         raise ValueError("the model has no internal classifiers (add_internal_classifiers)")

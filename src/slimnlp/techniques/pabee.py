@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from slimnlp.checks import choice, optional, require
 from slimnlp.errors import ConfigError
 from slimnlp.modules.early_exit import (
+    EXIT_POOLINGS,
     add_internal_classifiers,
     check_early_exit_model,
     exit_encoder,
@@ -65,15 +67,20 @@ class _ExitReporting(Technique):
 
 
 class PABEE(_ExitReporting):
-    """Joint fine-tuning of one internal classifier per layer; the export exits early with ``patience``."""
+    """Joint fine-tuning of one internal classifier per layer; the export exits early with ``patience``.
+    ``exit_pooling`` is what the shared pooler reads: ``cls`` as in the paper, or ``mean`` (the masked mean of the
+    tokens) for an encoder trained with mean pooling, whose lower layers' ``[CLS]`` is nearly constant."""
 
-    def __init__(self, patience: int = 2, **base: Any) -> None:
+    def __init__(self, patience: int = 2, exit_pooling: str = "cls", **base: Any) -> None:
         super().__init__(**base)
         self.patience = patience
+        self.exit_pooling = exit_pooling
 
     @classmethod
-    def validate_hparams(cls, patience: int, **_: Any) -> None:
+    def validate_hparams(cls, patience: int, exit_pooling: str = "cls", **_: Any) -> None:
         check_patience(patience)
+        require("technique.exit_pooling", exit_pooling, choice(*EXIT_POOLINGS),
+                "what the internal classifiers' pooler reads")
 
     @classmethod
     def requirements(cls, **_: Any) -> Requirements:
@@ -84,7 +91,7 @@ class PABEE(_ExitReporting):
         check_patience_fits(models, patience)
 
     def prepare_student(self) -> None:
-        add_internal_classifiers(self.student, self.patience)
+        add_internal_classifiers(self.student, self.patience, self.exit_pooling)
 
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         layer_logits = internal_logits(self.student, self.student_outputs(batch).hidden_states)
@@ -99,15 +106,20 @@ class PABEE(_ExitReporting):
 
 
 class EarlyExit(_ExitReporting):
-    """Post-training: a saved PABEE student (``student=path``) with another ``patience``; nothing is trained."""
+    """Post-training: a saved PABEE student (``student=path``) with another ``patience``; nothing is trained.
+    Its pooling is the saved one (its classifiers were trained on it); ``exit_pooling``, when given, must match it,
+    so a run's config says which PABEE model it evaluated."""
 
-    def __init__(self, patience: int | None = None, **base: Any) -> None:
+    def __init__(self, patience: int | None = None, exit_pooling: str | None = None, **base: Any) -> None:
         super().__init__(**base)
         self.patience = patience
+        self.exit_pooling = exit_pooling
 
     @classmethod
-    def validate_hparams(cls, patience: int | None, **_: Any) -> None:
+    def validate_hparams(cls, patience: int | None, exit_pooling: str | None = None, **_: Any) -> None:
         check_patience(patience)
+        require("technique.exit_pooling", exit_pooling, optional(choice(*EXIT_POOLINGS)),
+                "null: the saved student's")
 
     @classmethod
     def requirements(cls, **_: Any) -> Requirements:
@@ -123,6 +135,9 @@ class EarlyExit(_ExitReporting):
         if encoder is None:
             raise ConfigError("student.path", self.student.config.name_or_path or type(self.student).__name__,
                               "a student saved by technique=pabee (this one has no internal classifiers)")
+        if self.exit_pooling is not None and self.exit_pooling != encoder.pooling:
+            raise ConfigError("technique.exit_pooling", self.exit_pooling,
+                              f"the saved student's pooling {encoder.pooling!r} (its classifiers were trained on it) or null")
         encoder.patience = self.patience
 
     def compress(self, calibration: Iterable[Mapping[str, Tensor]]) -> Mapping[str, float]:
