@@ -62,6 +62,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
@@ -210,6 +211,40 @@ def save_student(
     ``folder`` is replaced as a whole (stale files of an earlier save, e.g. a manifest, must not survive),
     which is only allowed when it is empty or holds an earlier artifact (has ``config.json``).
     """
+    manifest = artifact_manifest(model)
+    sparse = _sparse_keys(_stored(model))
+    if sparse:
+        manifest = manifest or _plain_manifest()
+        manifest["sparse"] = sparse
+
+    def write(tmp: Path) -> None:
+        if manifest is None:
+            model.save_pretrained(tmp)
+        else:
+            _write_described(model, manifest, tmp)
+
+    return _save_atomically(folder, write, tokenizer)
+
+
+def save_encoder(
+    model: PreTrainedModel, folder: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Path:
+    """Save the encoder of ``model`` (its HF base model: embeddings and layers, no task head) as a plain HF
+    checkpoint, as crash-safe as ``save_student``: what general distillation hands to the task stages, which
+    load it with ``student=path`` (a new head) or ``AutoModel.from_pretrained``."""
+    return _save_atomically(folder, model.base_model.save_pretrained, tokenizer)
+
+
+def load_encoder(path: str | Path) -> PreTrainedModel:
+    """The encoder ``save_encoder`` wrote, in eval mode (``AutoModel.from_pretrained``)."""
+    return AutoModel.from_pretrained(Path(path)).eval()
+
+
+def _save_atomically(
+    folder: str | Path, write: Callable[[Path], Any], tokenizer: PreTrainedTokenizerBase | None
+) -> Path:
+    """``write`` the model (and save the tokenizer) into a hidden temporary sibling renamed to ``folder`` when
+    complete; an existing ``folder`` must be empty or an earlier artifact, and is replaced as a whole."""
     folder = Path(os.path.abspath(folder))  # normalizes '.' and '..' (a rename needs a real name)
     if folder.exists() and not (
         folder.is_dir() and (not any(folder.iterdir()) or (folder / "config.json").exists())
@@ -219,19 +254,11 @@ def save_student(
             str(folder),
             "a new path, an empty folder or an earlier artifact (it is replaced as a whole)",
         )
-    manifest = artifact_manifest(model)
-    sparse = _sparse_keys(_stored(model))
-    if sparse:
-        manifest = manifest or _plain_manifest()
-        manifest["sparse"] = sparse
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir()  # not mkdtemp: its 0700 mode would become the artifact's
-        if manifest is None:
-            model.save_pretrained(tmp)
-        else:
-            _write_described(model, manifest, tmp)
+        write(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _replace(tmp, folder)

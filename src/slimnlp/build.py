@@ -16,12 +16,21 @@ from typing import Any
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from slimnlp.checks import check_run_config
-from slimnlp.config import CONFIG_NAME, compose_config, config_dir, group_options, to_plain
+from slimnlp.config import (
+    CONFIG_NAME,
+    compose_config,
+    config_dir,
+    data_option_config,
+    find_error,
+    group_options,
+    to_plain,
+)
 from slimnlp.distributed import is_distributed, is_rank_zero
 from slimnlp.errors import ConfigError
 from slimnlp.models.assets import resolve_pretrained
@@ -123,12 +132,35 @@ def plan(cfg: DictConfig) -> RunPlan:
     stages = cls.stages(**cls.defaults_filled(**hparams))
     stage_needs = [cls.requirements(**cls.defaults_filled(**{**hparams, **s.hparams})) for s in stages]
     needs = Requirements.union(stage_needs)
+    check_data_fits(cfg, name, stage_needs)
     if not needs.ddp and is_distributed(cfg.trainer.get("strategy"), cfg.trainer.get("devices")):
         raise ConfigError(
             "trainer.strategy", cfg.trainer.get("strategy"),
             f"one process: technique {name} cannot run under DDP; use trainer=cpu or trainer=gpu (devices=1)",
         )
     return RunPlan(name, cls, hparams, stages, stage_needs, needs)
+
+
+def check_data_fits(cfg: DictConfig, technique: str, stage_needs: list[Requirements]) -> None:
+    """Unlabelled text (``data=text_corpus``) serves task-agnostic techniques only, and they need it; a
+    task-agnostic run starts from the pretrained teacher."""
+    from slimnlp.data.text_corpus import TextCorpusDataModule
+
+    task = [needs.task for needs in stage_needs]
+    if len(set(task)) > 1:
+        raise ConfigError("technique", technique, "stages that are all task-specific or all task-agnostic")
+    data_cls = get_class(cfg.data._target_)
+    unlabelled = isinstance(data_cls, type) and issubclass(data_cls, TextCorpusDataModule)
+    if all(task) and unlabelled:
+        raise ConfigError("data", choice("data", "text_corpus"), f"labelled data: technique {technique} trains on a "
+                          "task (data=text_corpus serves technique=general_distill)")
+    if not any(task) and not unlabelled:
+        raise ConfigError("data", choice("data", cfg.data.get("task_name")), f"data=text_corpus: technique "
+                          f"{technique} distils on unlabelled text (data.corpora=[{choice('data', 'tweet_sentiment')}] "
+                          "uses a data option's texts)")
+    if not any(task) and cfg.student.get("init_from", "pretrained") != "pretrained":
+        raise ConfigError("student.init_from", cfg.student.init_from,
+                          "pretrained: general distillation starts from the pretrained teacher (none is fine-tuned)")
 
 
 def _reads_schedule(option: str) -> bool:
@@ -192,6 +224,20 @@ def _compose_teacher(name: str) -> DictConfig:
     return compose_config([f"teacher={name}"]).teacher
 
 
+def corpus_sources(cfg: DictConfig) -> list[Any]:
+    """The ``source`` of each data option named in ``data.corpora``, instantiated: what ``data=text_corpus``
+    reads the texts of."""
+    names = cfg.data.corpora
+    names = list(names) if OmegaConf.is_list(names) else names
+    options = [o for o in group_options("data") if "source" in OmegaConf.load(config_dir() / "data" / f"{o}.yaml")]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("data.corpora", names, f"a list of data options: {', '.join(options)}")
+    for name in names:
+        if name not in options:
+            raise ConfigError("data.corpora", name, f"data options with labelled texts: {', '.join(options)}")
+    return [instantiate(data_option_config(cfg, name).source) for name in names]
+
+
 def teacher_config(cfg: DictConfig) -> PretrainedConfig:
     """The teacher's architecture, without loading weights (fine-tuning does not change it)."""
     cache = Path(cfg.paths.cache_dir) / "models"
@@ -204,7 +250,14 @@ def build_data(cfg: DictConfig, source: str) -> tuple[PreTrainedTokenizerBase, A
     """Tokenizer (the teacher's, from its resolved ``source``: students share it) and the task's datamodule,
     set up for fitting."""
     tokenizer = load_tokenizer(source)
-    dm = instantiate(cfg.data, tokenizer=tokenizer)
+    corpora = {"corpora": corpus_sources(cfg)} if "corpora" in cfg.data else {}
+    try:
+        dm = instantiate(cfg.data, tokenizer=tokenizer, **corpora)
+    except InstantiationException as err:  # a bad data value: its one-line ConfigError, not Hydra's wrapper
+        config_error = find_error(err)
+        if config_error is None:
+            raise
+        raise config_error from None
     dm.prepare_data()
     dm.setup("fit")
     if is_rank_zero():
@@ -218,7 +271,7 @@ def build_models(cfg: DictConfig, run: RunPlan) -> Models:
     source_init = init_source(cfg)
     source = resolve_pretrained(cfg.teacher.name_or_path, Path(cfg.paths.cache_dir) / "models")
     tokenizer, dm = build_data(cfg, source)
-    label_names = list(dm.label_names)
+    label_names = list(dm.label_names) or None  # None: unlabelled text (data=text_corpus)
     # Built from the pretrained teacher now, so a bad student config fails before teacher fine-tuning; with
     # init_from=finetuned it only serves the shape check and is rebuilt from the fine-tuned teacher below.
     pretrained = load_classifier(source, num_labels=dm.num_labels, label_names=label_names)
@@ -228,7 +281,10 @@ def build_models(cfg: DictConfig, run: RunPlan) -> Models:
     configs = ModelConfigs(student.config, teacher_config(cfg), tuple(teacher_config(m) for m in members))
     for stage in run.stages:
         run.cls.check_models(configs, **run.stage_hparams(stage))
-    teacher, teacher_dir = load_teacher(cfg, tokenizer, dm)
+    if run.needs.task:
+        teacher, teacher_dir = load_teacher(cfg, tokenizer, dm)
+    else:  # general distillation: the pretrained teacher as it is (its throwaway head is never read)
+        teacher, teacher_dir = load_classifier(source, num_labels=dm.num_labels), Path(source)
     if source_init == "finetuned":
         student = build_student(cfg, teacher, dm.num_labels)
     teachers = [load_teacher(member, tokenizer, dm) for member in members]

@@ -67,6 +67,15 @@ def _unknown_key_error(err: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(key, bad, allowed, message=f"unknown key '{key}'; keys of {where}: {allowed}")
 
 
+def data_option_config(cfg: DictConfig, option: str, overrides: dict | None = None) -> DictConfig:
+    """A ``data`` option's node (``conf/data/<option>.yaml`` with ``overrides``), its ``${paths...}``
+    interpolations resolved against this run's ``paths``."""
+    node = OmegaConf.merge(OmegaConf.load(config_dir() / "data" / f"{option}.yaml"), overrides or {})
+    root = OmegaConf.create({"paths": OmegaConf.to_container(cfg.paths, resolve=True), "data": node})
+    OmegaConf.resolve(root)
+    return root.data
+
+
 def ood_data_configs(cfg: DictConfig) -> list[DictConfig]:
     """``eval.ood`` as ``data`` nodes: an entry is a data option's name (``drug_reviews``) or a mapping naming
     the option and overriding its keys (``{option: local, task_name: mine, source: {path: ...}}``); the
@@ -75,10 +84,7 @@ def ood_data_configs(cfg: DictConfig) -> list[DictConfig]:
     for entry in cfg.eval.ood:
         spec = {"option": entry} if isinstance(entry, str) else OmegaConf.to_container(entry, resolve=True)
         option = spec.pop("option")
-        node = OmegaConf.merge(OmegaConf.load(config_dir() / "data" / f"{option}.yaml"), spec)
-        root = OmegaConf.create({"paths": OmegaConf.to_container(cfg.paths, resolve=True), "data": node})
-        OmegaConf.resolve(root)
-        nodes.append(root.data)
+        nodes.append(data_option_config(cfg, option, spec))
     return nodes
 
 

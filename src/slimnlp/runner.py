@@ -29,10 +29,13 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 class ValidationAtBest(Callback):
     """Keeps the ``val/*`` metrics of the best validation (and of the last one), so that restoring the
-    best checkpoint needs no second validation pass to report its numbers."""
+    best checkpoint needs no second validation pass to report its numbers. ``mode``: ``max`` (accuracy …) or
+    ``min`` (a held-out loss)."""
 
-    def __init__(self, monitor: str) -> None:
-        self.monitor = monitor
+    def __init__(self, monitor: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be max or min, got {mode!r}")
+        self.monitor, self.mode = monitor, mode
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
 
@@ -52,7 +55,10 @@ class ValidationAtBest(Callback):
             return
         self.last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         # strictly better, as ModelCheckpoint keeps the first of equal scores
-        if self.monitor in self.last and self.last[self.monitor] > self.best.get(self.monitor, float("-inf")):
+        if self.monitor not in self.last:
+            return
+        sign = 1.0 if self.mode == "max" else -1.0
+        if sign * self.last[self.monitor] > sign * self.best.get(self.monitor, sign * float("-inf")):
             self.best = dict(self.last)
 
 
@@ -80,7 +86,7 @@ def fit_and_select(
     ``compress``-ed on the ``calibration`` batches and validated (its ``compress/*`` metrics included).
     Testing is separate (``test_metrics``): the runner tests the exported artifact, not this module.
     """
-    validation = ValidationAtBest(f"val/{technique.task.primary_metric}")
+    validation = ValidationAtBest(f"val/{technique.task.primary_metric}", technique.task.primary_mode)
     trainer.callbacks.extend([validation, ValidateAtStepBudget()])
     metrics: dict[str, float] = {}
     if technique.needs.trains:

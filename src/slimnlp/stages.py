@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
-from slimnlp.artifacts import load_student, save_student
+from slimnlp.artifacts import load_encoder, load_student, save_encoder, save_student
 from slimnlp.budget import apply_min_steps, split_steps
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
@@ -142,8 +142,13 @@ def train_stages(
             if is_rank_zero():
                 record.save(student, models.tokenizer, metrics, trainer.global_step)
             barrier()
-    # What is tested and measured is what was saved: the artifact, reloaded as a user would.
     student_dir = run_dir / "student"
+    if not run.needs.task:  # general distillation: a plain HF encoder for the task stages to start from
+        if is_rank_zero():
+            save_encoder(student, student_dir, models.tokenizer)
+        barrier()
+        return Outcome(load_encoder(student_dir), student_dir, metrics, checkpoints, steps)
+    # What is tested and measured is what was saved: the artifact, reloaded as a user would.
     if is_rank_zero():
         save_student(student, student_dir, models.tokenizer)
     barrier()

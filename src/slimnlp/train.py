@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     models = build_models(cfg, run_plan)
-    ood_datamodules = build_ood_datamodules(cfg, models.datamodule)
+    ood_datamodules = build_ood_datamodules(cfg, models.datamodule) if run_plan.needs.task else {}
     loggers = make_loggers(cfg, [run_plan.name, cfg.student.name, models.task.name, *cfg.get("tags", [])])
     for lg in loggers:
         lg.log_hyperparams(to_plain(cfg))
@@ -87,14 +87,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if is_rank_zero():
             student_dir = outcome.student_dir
             metrics = dict(outcome.metrics)
-            metrics.update(measure_all(cfg, outcome, models, run_dir, energy, ood_datamodules))
+            if run_plan.needs.task:
+                metrics.update(measure_all(cfg, outcome, models, run_dir, energy, ood_datamodules))
+            else:  # general distillation saved an encoder for the task stages: nothing to test or time on a task
+                metrics["eff/params"] = float(sum(p.numel() for p in outcome.student.parameters()))
             if training_energy.kwh is not None:
                 metrics["energy/train_kwh"] = training_energy.kwh
                 metrics["energy/co2_kg"] = training_energy.co2_kg
             metrics["train/optimizer_steps"] = float(outcome.steps)
             metrics["time/run_s"] = time.perf_counter() - started
-            metrics.update(majority_baselines(models.datamodule, models.task))
-            warnings = model_warnings(metrics, models.task, cfg.warnings.min_gain, cfg.warnings.confidence)
+            warnings = []
+            if run_plan.needs.task:
+                metrics.update(majority_baselines(models.datamodule, models.task))
+                warnings = model_warnings(metrics, models.task, cfg.warnings.min_gain, cfg.warnings.confidence)
             for warning in warnings:
                 log.warning("%s", warning)
             results = build_results(

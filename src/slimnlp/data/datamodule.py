@@ -68,6 +68,16 @@ def _positive(key: str, value: Any, optional: bool = False) -> None:
         raise ConfigError(key, value, "a positive int" + (" or null" if optional else ""))
 
 
+def seeded_loader(dataset: Dataset, batch_size: int, collate: Any, num_workers: int, shuffle: bool = False) -> DataLoader:
+    """A loader over ``dataset``, shuffled (when asked) from the run seed: ``seed_everything`` sets
+    ``torch.initial_seed()``, so the order is reproducible per seed and independent of how many random numbers
+    model construction consumed. A StatefulDataLoader, whose position Lightning checkpoints, so a run resumed
+    mid-epoch continues with the batches that epoch had not yet seen instead of replaying its first ones."""
+    generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
+    return StatefulDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                              collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
 class TextClassificationDataModule(LightningDataModule):
     """Batches of ``input_ids, attention_mask, [token_type_ids], labels, idx`` for a classification corpus.
 
@@ -270,20 +280,7 @@ class TextClassificationDataModule(LightningDataModule):
 
     # ---- loaders -----------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        # Seeded from the run seed (seed_everything sets torch.initial_seed()): reproducible per seed,
-        # independent of how many random numbers model construction consumed. A StatefulDataLoader, whose
-        # position Lightning checkpoints, so a run resumed mid-epoch continues with the batches that epoch
-        # had not yet seen instead of replaying its first ones.
-        generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
-        return StatefulDataLoader(
-            self._ready()[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(self._ready()[split], batch_size, self.collate, self.num_workers, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

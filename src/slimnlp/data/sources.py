@@ -322,7 +322,7 @@ class GlueTask(Source):
         return DatasetDict(out)
 
 
-def _read_table(file: Path) -> pd.DataFrame:
+def read_table(file: Path) -> pd.DataFrame:
     """One csv/tsv/json/jsonl/parquet file; empty cells are NaN, the string "NA" stays text."""
     suffix = file.suffix.lower()
     try:
@@ -380,7 +380,7 @@ class LocalFiles(Source):
         if root.is_file():
             if root.suffix.lower() not in self.suffixes:
                 raise ConfigError("data.source.path", str(root), f"a file ending in {list(self.suffixes)}")
-            return {"all": _read_table(root)}, None
+            return {"all": read_table(root)}, None
         if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
             loaded = load_from_disk(str(root))
             splits = {"all": loaded} if isinstance(loaded, Dataset) else dict(loaded)
@@ -394,7 +394,7 @@ class LocalFiles(Source):
         stems = [f.stem for f in files]
         if len(set(stems)) < len(stems):
             raise ConfigError("data.source.path", str(root), "one file per split name")
-        return {f.stem: _read_table(f) for f in files}, None
+        return {f.stem: read_table(f) for f in files}, None
 
     def _labels(
         self, frames: dict[str, pd.DataFrame], feature_names: list[str] | None

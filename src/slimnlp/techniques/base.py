@@ -63,6 +63,10 @@ class Requirements:
     trains: bool = True  # False: post-training, the runner calls ``compress(calibration)`` instead of fitting
     find_unused_parameters: bool = False  # a step leaves trainable parameters unused (DDP must look for them)
     ddp: bool = True  # False: the technique cannot run in several processes (the runner refuses DDP)
+    # False: task-agnostic (general distillation): the teacher is the pretrained model, not fine-tuned; the data is
+    # unlabelled text (data=text_corpus); validation tracks the held-out loss; the student is saved as a plain HF
+    # encoder (no head), not tested or measured on a task.
+    task: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -79,7 +83,7 @@ class Requirements:
             values = [getattr(n, f.name) for n in needs]
             if f.name == "attention":
                 merged[f.name] = "eager" if "eager" in values else "sdpa"
-            elif f.name in ("cacheable_teacher_logits", "ddp", "trains"):
+            elif f.name in ("cacheable_teacher_logits", "ddp", "trains", "task"):
                 merged[f.name] = all(values)
             else:
                 merged[f.name] = any(values)
@@ -126,6 +130,7 @@ class TaskInfo:
     metrics: tuple[str, ...] = ("acc", "f1")
     primary_metric: str = "acc"
     test_split_names: tuple[str, ...] = ("test",)
+    primary_mode: str = "max"  # "min" where the validation metric is a loss (unlabelled text)
 
     @classmethod
     def from_datamodule(cls, dm: Any) -> TaskInfo:
@@ -135,6 +140,7 @@ class TaskInfo:
             metrics=tuple(dm.metrics),
             primary_metric=dm.primary_metric,
             test_split_names=tuple(dm.test_split_names),
+            primary_mode=getattr(dm, "primary_mode", "max"),
         )
 
 

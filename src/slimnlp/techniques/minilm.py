@@ -211,7 +211,12 @@ class MiniLMv2(_SelfAttentionKD):
             )
 
     def relation_losses(self, qkv_S: QKV, qkv_T: QKV, attention_mask: Tensor) -> dict[str, Tensor]:
-        return {
-            f"loss/{name}": relation_kl(x_S, x_T, self.relation_heads, attention_mask)
-            for name, x_S, x_T in zip(("qq", "kk", "vv"), qkv_S, qkv_T)
-        }
+        return qkv_relation_losses(qkv_S, qkv_T, self.relation_heads, attention_mask)
+
+
+def qkv_relation_losses(qkv_S: QKV, qkv_T: QKV, relation_heads: int, attention_mask: Tensor) -> dict[str, Tensor]:
+    """MiniLMv2's Q-Q, K-K and V-V relation KLs (``loss/qq``, ``loss/kk``, ``loss/vv``) over ``relation_heads``."""
+    return {
+        f"loss/{name}": relation_kl(x_S, x_T, relation_heads, attention_mask)
+        for name, x_S, x_T in zip(("qq", "kk", "vv"), qkv_S, qkv_T)
+    }

@@ -202,18 +202,7 @@ class TinyBERT(Technique):
         }[stage]
 
     def _setup_intermediate(self, layer_map: list[int] | None) -> None:
-        teacher, student = self.teacher, self.student
-        assert teacher is not None
-        num_S, num_T = structure.num_layers(student), structure.num_layers(teacher)
-        self.layer_map = uniform_layer_map(num_S, num_T) if layer_map is None else list(layer_map)
-        width_S, width_T = structure.hidden_size(student), structure.hidden_size(teacher)
-        if width_S != width_T:
-            self.proj = nn.Linear(width_S, width_T)
-        log.info(
-            "tinybert: teacher layer -> student layer: embeddings->embeddings, %s; projection %s",
-            ", ".join(f"{t}->{s}" for s, t in enumerate(self.layer_map)),
-            f"{width_S}->{width_T}" if self.proj is not None else "none (equal widths)",
-        )
+        self.layer_map, self.proj = layer_map_and_projection(self.student, self.teacher, layer_map)
 
     # ----------------------------------------------------------------- training
     def training_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -227,23 +216,49 @@ class TinyBERT(Technique):
         return {"loss": self.alpha * ce + (1.0 - self.alpha) * pred, "loss/pred": pred, "loss/ce": ce}
 
     def _intermediate_loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        assert self.teacher is not None
-        teacher_layers = sorted(set(self.layer_map))
-        with capture_qkv(self.student) as qkv_S:
-            out_S = self.student_outputs(batch)
-        with capture_qkv(self.teacher, teacher_layers) as qkv_T:
-            out_T = self.teacher_outputs(batch)
-        _require_captured(qkv_S, range(len(self.layer_map)), "student")
-        _require_captured(qkv_T, teacher_layers, "teacher")
-        h_S, h_T = out_S.hidden_states, out_T.hidden_states
-        emb = embedding_mse(h_S[0], h_T[0], self.proj)
-        hidden = attn = h_S[0].new_zeros(())
-        for s, t in enumerate(self.layer_map):
-            hidden = hidden + hidden_mse(h_S[s + 1], h_T[t + 1], self.proj)
-            scores_S = attention_scores(qkv_S[s].query, qkv_S[s].key)
-            scores_T = attention_scores(qkv_T[t].query, qkv_T[t].key)
-            attn = attn + attention_mse(scores_S, scores_T, batch["attention_mask"])
-        return {"loss": emb + hidden + attn, "loss/emb": emb, "loss/hidden": hidden, "loss/attn": attn}
+        return transformer_layer_losses(self, batch, self.layer_map, self.proj)
+
+
+def layer_map_and_projection(
+    student: nn.Module, teacher: nn.Module | None, layer_map: list[int] | None
+) -> tuple[list[int], nn.Linear | None]:
+    """The teacher layer of each student layer (``layer_map``, else the uniform map) and the learnable
+    ``W: d_S -> d_T`` (None when the widths match), logged."""
+    assert teacher is not None
+    num_S, num_T = structure.num_layers(student), structure.num_layers(teacher)
+    layers = uniform_layer_map(num_S, num_T) if layer_map is None else list(layer_map)
+    width_S, width_T = structure.hidden_size(student), structure.hidden_size(teacher)
+    proj = nn.Linear(width_S, width_T) if width_S != width_T else None
+    log.info(
+        "tinybert: teacher layer -> student layer: embeddings->embeddings, %s; projection %s",
+        ", ".join(f"{t}->{s}" for s, t in enumerate(layers)),
+        f"{width_S}->{width_T}" if proj is not None else "none (equal widths)",
+    )
+    return layers, proj
+
+
+def transformer_layer_losses(
+    technique: Technique, batch: Mapping[str, Tensor], layer_map: Sequence[int], proj: nn.Linear | None
+) -> dict[str, Tensor]:
+    """TinyBERT's transformer-layer distillation of ``technique``'s student from its teacher (eq. 7-9, 11; the
+    same in ``task_distill.py`` and ``general_distill.py``): embedding MSE, each mapped layer's hidden-state MSE
+    through ``proj`` and its pre-softmax attention-score MSE (padded keys zeroed)."""
+    teacher_layers = sorted(set(layer_map))
+    with capture_qkv(technique.student) as qkv_S:
+        out_S = technique.student_outputs(batch)
+    with capture_qkv(technique.teacher, teacher_layers) as qkv_T:
+        out_T = technique.teacher_outputs(batch)
+    _require_captured(qkv_S, range(len(layer_map)), "student")
+    _require_captured(qkv_T, teacher_layers, "teacher")
+    h_S, h_T = out_S.hidden_states, out_T.hidden_states
+    emb = embedding_mse(h_S[0], h_T[0], proj)
+    hidden = attn = h_S[0].new_zeros(())
+    for s, t in enumerate(layer_map):
+        hidden = hidden + hidden_mse(h_S[s + 1], h_T[t + 1], proj)
+        scores_S = attention_scores(qkv_S[s].query, qkv_S[s].key)
+        scores_T = attention_scores(qkv_T[t].query, qkv_T[t].key)
+        attn = attn + attention_mse(scores_S, scores_T, batch["attention_mask"])
+    return {"loss": emb + hidden + attn, "loss/emb": emb, "loss/hidden": hidden, "loss/attn": attn}
 
 
 def _require_captured(captured: dict[int, QKV], layers: Any, who: str) -> None:
