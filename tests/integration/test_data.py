@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,15 +12,18 @@ import pandas as pd
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from slimnlp.config import find_error
 from slimnlp.data import (
     BbcNews,
     DrugReviews,
     GlueTask,
     LocalFiles,
     TextClassificationDataModule,
+    TextCorpusDataModule,
     TweetSentiment,
 )
 from slimnlp.data import sources as sources_module
@@ -350,6 +354,15 @@ def test_data_configs_instantiate(path, tokenizer, tmp_path):
     cfg = OmegaConf.create({"paths": {"cache_dir": str(tmp_path)}, "data": OmegaConf.load(path)})
     if path.stem == "local":
         cfg.data.source.path = str(write(reviews(), tmp_path / "r.csv"))
+    if path.stem == "text_corpus":  # its corpora are data option names, turned into sources by the runner
+        with pytest.raises(InstantiationException) as err:
+            instantiate(cfg.data, tokenizer=tokenizer)
+        assert re.search(r"data\.corpora=\['tweet_sentiment'\] .*corpus_sources", str(find_error(err.value)))
+        source = LocalFiles(str(write(reviews(), tmp_path / "r.csv")), "body", "stars")
+        dm = instantiate(cfg.data, tokenizer=tokenizer, corpora=[source])
+        assert isinstance(dm, TextCorpusDataModule) and dm.task_name == "text_corpus"
+        assert (dm.primary_metric, dm.primary_mode, dm.metrics) == ("loss", "min", ())
+        return
     dm = instantiate(cfg.data, tokenizer=tokenizer)
     assert isinstance(dm, TextClassificationDataModule)
     assert dm.task_name == path.stem and dm.cache_dir == tmp_path / "data"

@@ -128,6 +128,9 @@ class TextCorpusDataModule(LightningDataModule):
         if (primary_metric, primary_mode) != ("loss", "min"):
             raise ConfigError("data.primary_metric", primary_metric,
                               "loss (with primary_mode min): unlabelled text has no other validation metric")
+        if any(isinstance(c, str) for c in corpora):
+            raise ConfigError("data.corpora", list(corpora), "Source objects here: the runner turns data option "
+                              "names into them (slimnlp.build.corpus_sources)")
         if isinstance(files, (str, Path)):
             files = [files]
         sources = [*corpora, *(TextFiles(f, text_column) for f in files)]
