@@ -35,7 +35,7 @@ COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]",
 GROUP_BY = ("technique,technique.rank_ratio,technique.recover,technique.rank,technique.strategy,"
             "technique.exit_pooling,technique.patience")
 COLUMNS = ("test/acc,test/f1,fidelity/agreement,test/avg_exit_layer,eff/params,eff/disk_bytes,eff/flops,"
-           "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b32")
+           "eff/latency_ms_b1,eff/latency_ms_b32,eff/speedup_b1,eff/speedup_b32")
 PABEE_RUNS = REPO / "outputs" / "experiments" / "low_rank_sharing"  # exit_p<k>_s<seed> reads pabee_p2_s<seed> here
 SETTINGS = {  # cell name prefix -> overrides, seeds
     **{f"{t}_r{int(r * 100)}_none": ([f"technique={t}", f"technique.rank_ratio={r}", "technique.recover=none"], (42,))
@@ -50,7 +50,7 @@ SETTINGS = {  # cell name prefix -> overrides, seeds
     "pabee_p2": (["technique=pabee", "technique.patience=2"], (0,)),
     "pabee_mean_p2": (["technique=pabee", "technique.patience=2", "technique.exit_pooling=mean"], (0,)),
 }
-EXIT_PATIENCE = (1, 3, 6)
+EXIT_PATIENCE = {"cls": (1, 3, 6), "mean": (1, 2, 3, 6)}  # mean: patience 2 re-timed alone (the trained run timed busy)
 
 
 def early_exit_cells(seeds: tuple[int, ...], pooling: str) -> dict[str, list[str]]:
@@ -60,7 +60,7 @@ def early_exit_cells(seeds: tuple[int, ...], pooling: str) -> dict[str, list[str
     return {f"exit{tag}_p{k}_s{seed}": ["technique=early_exit", f"technique.patience={k}", "student=path",
                                         f"student.path={PABEE_RUNS / f'pabee{tag}_p2_s{seed}'}",
                                         f"technique.exit_pooling={pooling}", f"seed={seed}"]
-            for k in EXIT_PATIENCE for seed in seeds}
+            for k in EXIT_PATIENCE[pooling] for seed in seeds}
 
 
 def cells() -> dict[str, list[str]]:

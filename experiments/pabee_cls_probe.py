@@ -29,7 +29,7 @@ def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     cache = repo / "outputs" / "teachers" / "minilm_l6" / "tweet_sentiment"
     teacher = (resolve_pretrained(sys.argv[1], None, key="MODEL") if len(sys.argv) > 1
-               else sorted(p for p in cache.glob("seed42-*") if p.is_dir())[-1])
+               else max(p for p in cache.glob("seed42-*") if p.is_dir()))
     model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     batch = AutoTokenizer.from_pretrained(teacher)(TEXTS, padding=True, return_tensors="pt")
     mean_pooler = MaskedMeanPooler(model.config)

@@ -5,6 +5,7 @@ stages (``technique=tinybert student=path``) start from it; bad combinations fai
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,7 +47,7 @@ def test_general_distillation_lowers_the_held_out_loss_and_saves_a_plain_encoder
     assert m["val/loss"] == pytest.approx(min(per_epoch), rel=1e-5)  # the lowest is the one kept
 
     student = f"{run_dir}/student"
-    config = json.loads(open(f"{student}/config.json").read())
+    config = json.loads(Path(student, "config.json").read_text())
     assert config["architectures"] == ["BertModel"] and config["hidden_size"] == 16  # a plain encoder, no head
     encoder, info = AutoModel.from_pretrained(student, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -15,7 +15,12 @@ from slimnlp.artifacts import artifact_manifest, load_student, save_student
 from slimnlp.batch import model_inputs
 from slimnlp.errors import ConfigError
 from slimnlp.models import structure
-from slimnlp.modules.early_exit import MaskedMeanPooler, add_internal_classifiers, exit_encoder, patience_weighted_loss
+from slimnlp.modules.early_exit import (
+    MaskedMeanPooler,
+    add_internal_classifiers,
+    exit_encoder,
+    patience_weighted_loss,
+)
 from slimnlp.techniques.pabee import PABEE, EarlyExit
 
 TEXTS = ["a great movie", "the worst day ever, really awful", "it is a table", "love it", "meh", "so so so bad",
