@@ -10,6 +10,9 @@ knows Hydra (the steps take the composed config and hand plain objects to techni
    accuracy out of distribution and under perturbation (``evaluation``);
 7. results — ``results.json``, loggers, summary.
 
+A task-agnostic run (``Requirements.task`` False: general distillation) saves a plain encoder in step 5 and has no
+task to measure in step 6: its results are the held-out loss, the parameters and the budget.
+
 Under DDP every rank runs these steps; side effects (files, caches, measurement) happen on rank 0 only.
 """
 
