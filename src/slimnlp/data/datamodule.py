@@ -61,7 +61,7 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
     return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{vocab}:{_sha(settings)[:16]}"
 
 
-def _positive(key: str, value: Any, optional: bool = False) -> None:
+def check_positive(key: str, value: Any, optional: bool = False) -> None:
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -107,15 +107,15 @@ class TextClassificationDataModule(LightningDataModule):
         super().__init__()
         if not isinstance(task_name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", task_name):
             raise ConfigError("data.task_name", task_name, "letters, digits, '_', '.' or '-' (used in paths)")
-        _positive("data.max_length", max_length)
+        check_positive("data.max_length", max_length)
         if max_length > tokenizer.model_max_length:
             raise ConfigError(
                 "data.max_length", max_length, f"at most {tokenizer.model_max_length} for this tokenizer"
             )
-        _positive("data.batch_size", batch_size)
-        _positive("data.eval_batch_size", eval_batch_size)
-        _positive("data.max_train_samples", max_train_samples, optional=True)
-        _positive("data.max_eval_samples", max_eval_samples, optional=True)
+        check_positive("data.batch_size", batch_size)
+        check_positive("data.eval_batch_size", eval_batch_size)
+        check_positive("data.max_train_samples", max_train_samples, optional=True)
+        check_positive("data.max_eval_samples", max_eval_samples, optional=True)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError("data.num_workers", num_workers, "an int >= 0")
         if isinstance(split_seed, bool) or not isinstance(split_seed, int):
@@ -295,8 +295,8 @@ class TextClassificationDataModule(LightningDataModule):
     def calibration_dataloader(self, num_samples: int, batch_size: int | None = None) -> DataLoader:
         """A seeded subset of ``num_samples`` training examples (all when the split is smaller), in a fixed
         order: what post-training techniques calibrate on."""
-        _positive("calibration.num_samples", num_samples)
-        _positive("calibration.batch_size", batch_size, optional=True)
+        check_positive("calibration.num_samples", num_samples)
+        check_positive("calibration.batch_size", batch_size, optional=True)
         train = self._ready()["train"]
         subset = train.shuffle(seed=self.split_seed).select(range(min(num_samples, len(train))))
         return DataLoader(subset, batch_size=batch_size or self.batch_size, collate_fn=self.collate)
@@ -304,7 +304,7 @@ class TextClassificationDataModule(LightningDataModule):
     def fixed_length_batch(self, batch_size: int, split: str = "test") -> dict[str, torch.Tensor]:
         """``batch_size`` examples padded to exactly ``max_length`` (examples repeat if the split is
         smaller): the fixed input shape latency measurements need."""
-        _positive("batch_size", batch_size)
+        check_positive("batch_size", batch_size)
         data = self._ready()
         if split not in data:
             raise ConfigError("split", split, f"one of {list(data)}")

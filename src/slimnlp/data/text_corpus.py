@@ -29,7 +29,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from slimnlp.data.datamodule import seeded_loader
+from slimnlp.data.datamodule import check_positive, seeded_loader
 from slimnlp.data.sources import LocalFiles, Source, file_identity, read_table
 from slimnlp.data.splits import make_splits
 from slimnlp.errors import ConfigError
@@ -81,13 +81,6 @@ def task_texts(source: Source, val_fraction: float, test_fraction: float, split_
     return [t.strip() for t in texts if t and t.strip()]
 
 
-def _positive(key: str, value: Any, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(key, value, "a positive int" + (" or null" if optional else ""))
-
-
 class TextCorpusDataModule(LightningDataModule):
     """Unlabelled training text and a held-out slice (see the module docstring). ``primary_metric`` is the
     held-out distillation loss, minimised: the validation that picks the checkpoint."""
@@ -121,8 +114,8 @@ class TextCorpusDataModule(LightningDataModule):
         super().__init__()
         for key, value in (("data.max_length", max_length), ("data.batch_size", batch_size),
                            ("data.eval_batch_size", eval_batch_size), ("data.val_samples", val_samples)):
-            _positive(key, value)
-        _positive("data.max_train_samples", max_train_samples, optional=True)
+            check_positive(key, value)
+        check_positive("data.max_train_samples", max_train_samples, optional=True)
         if max_length > tokenizer.model_max_length:
             raise ConfigError("data.max_length", max_length, f"at most {tokenizer.model_max_length} for this tokenizer")
         if (primary_metric, primary_mode) != ("loss", "min"):
