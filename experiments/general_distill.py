@@ -32,7 +32,7 @@ COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]", "energy.enab
 STUDENTS = ("tinybert_4L", "4L")
 SEEDS = (0, 1, 2)
 GROUP_BY = "task,technique,tags"  # the general cells' task is text_corpus
-COLUMNS = ("test/acc,test/f1,fidelity/agreement,val/loss,eff/params,train/optimizer_steps,time/run_s")
+COLUMNS = "test/acc,test/f1,fidelity/agreement,val/loss,eff/params,eff/speedup_b32,train/optimizer_steps,time/run_s"
 
 
 def cells() -> dict[str, list[str]]:
