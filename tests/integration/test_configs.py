@@ -10,7 +10,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from conftest import technique_kwargs
-from slimnlp.build import STUDENT_RUNNER_KEYS, technique_hparams
+from slimnlp.build import STUDENT_RUNNER_KEYS, corpus_sources, technique_hparams
 from slimnlp.config import compose_config, config_dir, group_options
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
@@ -44,7 +44,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tokenizer, ti
     cfg = compose(group, option, tmp_path)
     assert OmegaConf.select(cfg, "seed") is not None
     if group == "data":
-        dm = instantiate(cfg.data, tokenizer=tokenizer)
+        # text_corpus names data options in ``corpora``: the runner's corpus_sources turns them into sources
+        corpora = {"corpora": corpus_sources(cfg)} if "corpora" in cfg.data else {}
+        dm = instantiate(cfg.data, tokenizer=tokenizer, **corpora)
         assert dm.task_name == cfg.data.task_name
     elif group == "student":
         builder = instantiate(OmegaConf.masked_copy(cfg.student, [k for k in cfg.student if k not in STUDENT_RUNNER_KEYS]))

@@ -26,9 +26,10 @@ def test_kd_run_writes_complete_results(tiny_setup):
     assert m["teacher/test/acc"] > 0.8
     assert m["test/acc"] > 0.6
     assert 0.0 <= m["fidelity/agreement"] <= 1.0
-    # 2 of 4 layers: fewer parameters, measured latency lower.
+    # 2 of 4 layers: fewer parameters and fewer FLOPs (measured speed-ups of a 32-wide model are noise on a
+    # loaded machine: they are checked in benchmarks/, not here).
     assert m["eff/params"] < m["teacher/eff/params"]
-    assert m["eff/speedup"] > 1.0
+    assert m["eff/flops"] < 0.75 * m["teacher/eff/flops"]
     # Everything a later stage or a report needs is in the run folder.
     for name in ("config.yaml", "split.json", "student/config.json", "student/model.safetensors"):
         assert (run_dir / name).exists(), name
