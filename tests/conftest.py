@@ -147,3 +147,26 @@ def tiny_encoder(kind: str, vocab_size: int):
         config = MPNetConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                              intermediate_size=64, num_labels=3, max_position_embeddings=130)
     return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database on loopback for the shared-study tests: ``$SLIMNLP_TEST_POSTGRES_URL`` (``.ci/run``
+    starts one with ``.ci/postgres.sh``), else a throwaway server started here with the same script where
+    PostgreSQL is installed, else the test is skipped."""
+    import shutil
+    import subprocess
+
+    if os.environ.get("SLIMNLP_TEST_POSTGRES_URL"):
+        yield os.environ["SLIMNLP_TEST_POSTGRES_URL"]
+        return
+    if not (shutil.which("pg_ctl") or list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))):
+        pytest.skip("no PostgreSQL here and SLIMNLP_TEST_POSTGRES_URL unset (.ci/run sets it)")
+    env = {**os.environ, "SLIMNLP_TEST_POSTGRES_PORT": str(56000 + os.getpid() % 1000)}
+    printed = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "postgres.sh")], env=env, capture_output=True,
+                             text=True, check=True).stdout
+    found = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines() if "=" in line)
+    yield found["SLIMNLP_TEST_POSTGRES_URL"]
+    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*owner, f"{found['SLIMNLP_TEST_POSTGRES_BIN']}/pg_ctl", "-D", found["SLIMNLP_TEST_POSTGRES_DIR"],
+                    "-m", "fast", "stop"], capture_output=True, check=False)

@@ -16,6 +16,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+FAILED_FILE = "failed.json"  # left in the folder of a multirun job that failed (error and traceback)
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

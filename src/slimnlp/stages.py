@@ -95,8 +95,10 @@ def train_stages(
     loggers: list[Any],
     run_dir: Path,
     resume: ResumePoint | None,
+    final_callbacks: list[Any] | None = None,
 ) -> Outcome:
-    """Run the technique's stages in order, each taking over the student the previous one exported."""
+    """Run the technique's stages in order, each taking over the student the previous one exported;
+    ``final_callbacks`` (an Optuna trial's pruning) watch the last stage only."""
     student, metrics, steps = models.student, {}, 0
     checkpoints = run_dir / "checkpoints"
     multi = len(run.stages) > 1
@@ -117,7 +119,7 @@ def train_stages(
         checkpoints = run_dir / "checkpoints" / (stage.name if multi else "")
         trainer = make_trainer(
             cfg.trainer,
-            callbacks=make_callbacks(cfg, checkpoints),
+            callbacks=[*make_callbacks(cfg, checkpoints), *(final_callbacks or [] if final else [])],
             loggers=loggers or False,
             **({"max_epochs": stage.max_epochs} if stage.max_epochs else {}),
             **({"max_steps": budgets[i], "max_epochs": -1} if budgets else {}),

@@ -53,13 +53,12 @@ from slimnlp.loggers import finish_loggers, make_loggers
 from slimnlp.measure import measure_efficiency
 from slimnlp.metrics.energy import EnergyMeter
 from slimnlp.metrics.ood import ood_label_map
-from slimnlp.results import RESULTS_FILE, build_results, write_json_atomic
+from slimnlp.results import FAILED_FILE, RESULTS_FILE, build_results, write_json_atomic
 from slimnlp.resume import StageRecord, continue_in, find_resume_point, record_start
 from slimnlp.stages import train_stages
 from slimnlp.summary import print_summary
 
 log = logging.getLogger("slimnlp")
-FAILED_FILE = "failed.json"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -86,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)  # same training randomness whether or not a teacher was trained
         energy = EnergyMeter(cfg.energy.country_iso_code, enabled=cfg.energy.enabled)
         with energy.task("train") as training_energy:
-            outcome = train_stages(cfg, run_plan, models, loggers, run_dir, resume)
+            outcome = train_stages(cfg, run_plan, models, loggers, run_dir, resume, trial_callbacks(cfg))
         if is_rank_zero():
             student_dir = outcome.student_dir
             metrics = dict(outcome.metrics)
@@ -155,6 +154,20 @@ def measure_all(
     return metrics
 
 
+def trial_callbacks(cfg: DictConfig) -> list[Any]:
+    """An Optuna sweep trial's pruning callback (``slimnlp.sweep.pruning``), when the study has a pruner."""
+    if cfg.get("trial") is None or not cfg.get("hparams_search"):
+        return []
+    from slimnlp.sweep.definition import SweepDefinition
+    from slimnlp.sweep.pruning import trial_pruning
+
+    search = SweepDefinition.from_config(OmegaConf.to_container(cfg.hparams_search, resolve=True), None,
+                                         root=str(cfg.paths.root_dir))
+    pruner = instantiate(search.pruner) if search.pruner else None
+    callback = trial_pruning(cfg.trial, search.study_name, search.storage, list(search.objectives.names), pruner)
+    return [callback] if callback else []
+
+
 def build_ood_datamodules(cfg: DictConfig, dm: Any) -> dict[str, Any]:
     """``eval.ood``'s datamodules, tokenized with the run's tokenizer, their label names checked against the
     task's before anything trains."""
@@ -181,7 +194,9 @@ def _record_failure(err: BaseException) -> None:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
+    """One job; returns its results for a sweeper (the Optuna sweeper reads its objectives from them), None for
+    a failed job of a multirun. A pruned Optuna trial raises ``optuna.TrialPruned`` for the sweeper to record."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         results = run(cfg)
@@ -189,6 +204,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         key = getattr(err, "full_key", "?")
         _exit_with(f"{key} is required: set it on the command line ({key}=...)")
     except Exception as err:
+        if _is_pruned(err):
+            raise
         config_error = find_error(err)
         if multirun:  # one failed job never takes the sweep down
             log.error("job failed: %s", config_error or f"{type(err).__name__}: {err}")
@@ -197,8 +214,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if config_error is None:
             raise
         _exit_with(str(config_error))
-    primary = results.get("metrics", {}).get(f"val/{cfg.data.primary_metric}")
-    return primary  # the objective Optuna sweeps maximize
+    return results
+
+
+def _is_pruned(err: BaseException) -> bool:
+    import optuna
+
+    return isinstance(err, optuna.TrialPruned)
 
 
 def _exit_with(message: str) -> None:
@@ -209,8 +231,9 @@ def _exit_with(message: str) -> None:
 def preflight(args: list[str]) -> None:
     """Check a command line before Hydra starts, so a bad value ends in one line before anything trains. A
     ``-m`` line is checked job by job (each job's config composed and planned), so one bad combination fails
-    the sweep up front instead of running as a failed job. Command lines with other Hydra flags
-    (``--cfg``, ``--config-name`` …) are left to Hydra."""
+    the sweep up front instead of running as a failed job; an Optuna search (``hparams_search=...``) is checked
+    over its search space (``check_search``). Command lines with other Hydra flags (``--cfg``,
+    ``--config-name`` …) are left to Hydra."""
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     if any(flag not in ("-m", "--multirun") for flag in flags):
@@ -218,14 +241,54 @@ def preflight(args: list[str]) -> None:
     if not flags:
         check_command_line(overrides)  # the rest is checked by run()'s plan, still before anything is built
         return
+    from slimnlp.sweep.definition import split_arguments
+
+    fixed, _ = split_arguments(overrides)
+    check_command_line(fixed)
+    cfg = compose_config(fixed)
+    if cfg.get("hparams_search"):
+        check_search(cfg, overrides)
+        return
     for job in expand_sweep(overrides):
         check_command_line(job)
-        cfg = compose_config(job)
-        with open_dict(cfg):  # what Hydra's launcher would fill in; nothing is written there
-            cfg.hydra.runtime.cwd = os.getcwd()
-            cfg.hydra.runtime.output_dir = os.path.join(os.getcwd(), "preflight")
-        HydraConfig.instance().set_config(cfg)
-        plan(cfg)
+        _planned(job)
+
+
+def check_search(cfg: DictConfig, overrides: list[str], limit: int = 64) -> None:
+    """An Optuna search, before its first trial: the definition (objectives, search space, storage reachable,
+    directions matching a study of the same name), then every combination of categorical choices composed and
+    planned with numeric parameters at both ends of their ranges (the first ``limit`` combinations)."""
+    import itertools
+
+    from slimnlp.sweep.definition import SweepDefinition
+    from slimnlp.sweep.study import open_study
+
+    _as_launched(cfg)
+    search = SweepDefinition.from_config(OmegaConf.to_container(cfg.hparams_search, resolve=True), overrides,
+                                         root=str(cfg.paths.root_dir))
+    space = search.space
+    assert space is not None
+    for values in itertools.islice(space.configurations(), limit):
+        job = [*search.fixed, *space.overrides(values)]
+        check_command_line(job)
+        _planned(job)
+    open_study(search.study_name, search.storage, search.objectives, heartbeat_s=None)
+
+
+def _planned(job: list[str]) -> DictConfig:
+    """A job's config composed as Hydra's launcher would and planned (``build.plan``); nothing is written."""
+    cfg = _as_launched(compose_config(job))
+    plan(cfg)
+    return cfg
+
+
+def _as_launched(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with what Hydra's launcher would fill in, registered as the current Hydra config."""
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = os.getcwd()
+        cfg.hydra.runtime.output_dir = os.path.join(os.getcwd(), "preflight")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def main() -> None:

@@ -134,3 +134,19 @@ class RecordBatches(Callback):
             f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
                                 "idx": batch["idx"].tolist()}) + "\n")
 
+
+
+class TrialOutcome(Callback):
+    """Makes a sweep trial end as ``mode`` says: ``ok`` logs ``val/reported`` = ``value`` at every validation,
+    ``nan_value`` logs NaN there, ``crash`` raises at the first training step."""
+
+    def __init__(self, mode: str = "ok", value: float = 0.5) -> None:
+        self.mode, self.value = mode, value
+
+    def on_train_batch_end(self, trainer, pl_module, *args: Any) -> None:
+        if self.mode == "crash":
+            raise RuntimeError("simulated crash of a trial")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = float("nan") if self.mode == "nan_value" else self.value
+        trainer.callback_metrics["val/reported"] = torch.tensor(value)

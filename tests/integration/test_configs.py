@@ -76,6 +76,16 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tokenizer, ti
     elif group == "logger":
         for node in (cfg.logger or {}).values():
             instantiate(node, **({"tags": ["t"]} if "tags" in node else {}))
+    elif group == "hparams_search":  # every branch of the search composes and plans; the study opens
+        import optuna
+
+        from slimnlp.train import check_search
+
+        assert cfg.hydra.sweeper._target_.endswith("SlimnlpOptunaSweeper")
+        check_search(cfg, [f"hparams_search={option}", f"paths.root_dir={tmp_path}"])
+        study = optuna.load_study(study_name=cfg.hparams_search.study_name,
+                                  storage=f"sqlite:///{tmp_path}/sweeps/{cfg.hparams_search.study_name}.db")
+        assert len(study.directions) == len(cfg.hparams_search.objectives)
 
 
 def _instantiate_technique(cfg, tiny_teacher):

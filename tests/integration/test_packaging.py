@@ -31,6 +31,9 @@ def test_a_built_wheel_runs_from_another_folder(tmp_path):
     assert installed.returncode == 0, installed.stderr[-3000:]
     assert (site / "slimnlp" / "conf" / "train.yaml").is_file()
     assert (site / "slimnlp" / "conf" / "teacher" / "finetune" / "default.yaml").is_file()
+    assert (site / "slimnlp" / "conf" / "hparams_search" / "recipes.yaml").is_file()
+    assert (site / "hydra_plugins" / "slimnlp_optuna_sweeper" / "optuna_sweeper.py").is_file()  # -m hparams_search=
+    assert not (site / "hydra_plugins" / "__init__.py").exists()  # a namespace package, shared with other plugins
 
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the checkout's editable install

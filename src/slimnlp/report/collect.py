@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from slimnlp.report.errors import ReportError
-from slimnlp.results import RESULTS_FILE
+from slimnlp.results import FAILED_FILE, RESULTS_FILE
 
-FAILED_FILE = "failed.json"
 TOP_LEVEL_FIELDS = ("task", "technique", "student", "teacher", "seed")
 MISSING = object()  # a field a run does not have (distinct from a null value)
 
