@@ -59,6 +59,10 @@ def test_a_sqlite_study_runs_its_trials_records_them_and_resumes(tiny_setup, tmp
     assert len({t.params["technique.temperature"] for t in trials}) == 3
     assert (tmp_path / "first" / TRIALS_CSV).read_text().count("COMPLETE") == 3
     assert (tmp_path / "first" / PARETO_CSV).is_file()
+    report = subprocess.run([sys.executable, "-m", "slimnlp.report", str(tmp_path / "first"), "--out",
+                             str(tmp_path / "report")], env=ENV, capture_output=True, text=True, check=False)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report" / "study_history.png").is_file()  # the study's plot beside the trials' table
     # same study, larger budget: the three trials stay, one more runs
     sweep(tiny_setup, tmp_path / "second", "hparams_search.study_name=sqlite_resume", "hparams_search.n_trials=4",
           "hparams_search.pruner=null")

@@ -15,6 +15,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from slimnlp.errors import ConfigError
+from slimnlp.report.study import plot_study
 from slimnlp.sweep.definition import SweepDefinition, split_arguments
 from slimnlp.sweep.space import SearchSpace, override, parse_param
 from slimnlp.sweep.study import Heartbeat, JobOutcome, Objectives, open_study, tell, trials_to_ask
@@ -213,3 +214,15 @@ def test_tell_records_values_failures_and_where_the_run_is(tmp_path):
     pareto = list(csv.DictReader(pareto_csv.open()))
     assert sorted(int(r["number"]) for r in pareto) == [0, 1]
     assert len(list(csv.DictReader(trials_csv.open()))) == 5
+    png = plot_study(trials_csv, tmp_path / "report")
+    assert png.name == "study_pareto.png" and png.stat().st_size > 10_000
+
+
+def test_a_one_objective_study_plots_its_history(tmp_path):
+    study = optuna.create_study(direction="minimize")
+    objectives = Objectives.parse(["val/loss"], ["minimize"])
+    for value in (3.0, 1.0, 2.0):
+        tell(study, study.ask(), objectives, JobOutcome({"metrics": {"val/loss": value}}, None, None), [])
+    trials_csv, pareto_csv = write_study_tables(study, objectives, tmp_path)
+    assert [r["number"] for r in csv.DictReader(pareto_csv.open())] == ["1"]  # the best trial
+    assert plot_study(trials_csv, tmp_path).name == "study_history.png"

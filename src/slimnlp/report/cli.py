@@ -5,7 +5,8 @@
         [--baseline technique=finetune] [--elue-baseline technique=finetune] \
         [--reference experiments/paper.yaml] [--out DIR] [--wandb] [--wandb-project slimnlp]
 
-Writes ``report.md``, ``report.csv`` and the PNGs into ``--out`` (default ``outputs/report``) and prints the
+A sweep folder of the Optuna sweeper also gets its study plotted (``study_pareto.png``: the Pareto front of its
+objectives; ``study_history.png`` for one objective). Writes ``report.md``, ``report.csv`` and the PNGs into ``--out`` (default ``outputs/report``) and prints the
 table. Bad input ends in one ``error: ...`` line and exit status 2; skipped files are ``warning: ...`` lines.
 """
 
@@ -73,6 +74,7 @@ def _write(report: Report, out: Path, args: argparse.Namespace) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     plots, skipped = plot_all(report.rows, report.primary, out, report.machine)
+    plots += study_plots(args.paths, out)
     (out / "report.md").write_text(report_markdown(report, plots, skipped))
     numbers = csv_frame(report)
     numbers.to_csv(out / "report.csv", index=False)
@@ -90,6 +92,15 @@ def _write(report: Report, out: Path, args: argparse.Namespace) -> list[Path]:
         )
         print(f"W&B run: {folder}", file=sys.stderr)
     return [out / "report.md", out / "report.csv", *plots]
+
+
+def study_plots(paths: Sequence[str], out: Path) -> list[Path]:
+    """The study plot of every sweep folder given (one holding the sweeper's ``optuna_trials.csv``)."""
+    from slimnlp.report.study import plot_study
+    from slimnlp.sweep.tables import TRIALS_CSV
+
+    folders = [Path(p) for p in paths if (Path(p) / TRIALS_CSV).is_file()]
+    return [plot_study(folder / TRIALS_CSV, out if len(folders) == 1 else out / folder.name) for folder in folders]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,110 @@
+"""Issue #12's recipe leaderboard: the best test accuracy on the embedded default at a measured speed-up of at least
+2x, 4x and 8x over the teacher (batch 32) and at no more than 25% and 10% of the teacher's bytes on disk — found
+by an Optuna sweep over recipes, not picked by hand.
+
+    python experiments/recipe_leaderboard.py [--trials 16] [--steps 200] [--report-only]
+
+The sweep: ``python train.py -m hparams_search=recipes hparams_search.n_trials=<trials>
+trainer.max_steps=<steps> <COMMON>`` (``conf/hparams_search/recipes.yaml``: NSGA-II over kd into 2-6 layers, heads +
+FFN pruning, DRONE, magnitude pruning, QAT and dynamic INT8 PTQ, each with its own hyperparameters; objectives
+val/acc and eff/speedup_b32, both maximised). Every trial has the same student step budget; ``COMMON`` drops the
+ONNX Runtime, attack and energy measurements, which the leaderboard does not read. The study lives in
+``sweeps/recipes_leaderboard.db`` (re-running resumes it); every finished trial's ``results.json`` is kept in
+``experiments/recipe_leaderboard/cells/trial_<n>/`` (committed), its study table and Pareto plot beside them.
+A row is chosen by validation accuracy among the trials inside the budget; its test accuracy is what is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from kept_cells import REPO
+
+KEPT = REPO / "experiments" / "recipe_leaderboard"
+SWEEP_DIR = REPO / "outputs" / "experiments" / "recipe_leaderboard"
+STUDY = "recipes_leaderboard"
+COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]", "energy.enabled=false",
+          "trainer.enable_progress_bar=false"]
+SPEEDUPS = (2.0, 4.0, 8.0)
+BYTES = (0.25, 0.10)
+
+
+def sweep(trials: int, steps: int) -> None:
+    command = [sys.executable, str(REPO / "train.py"), "-m", "hparams_search=recipes",
+               f"hparams_search.study_name={STUDY}", f"hparams_search.n_trials={trials}",
+               f"trainer.max_steps={steps}", *COMMON, f"hydra.sweep.dir={SWEEP_DIR}"]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=REPO, check=False)
+
+
+def keep() -> None:
+    """Copy every finished trial's results.json and the study's table into the committed folder."""
+    for results in SWEEP_DIR.glob("*/results.json"):
+        trial = json.loads(results.read_text())["config"]["trial"]
+        target = KEPT / "cells" / f"trial_{trial}" / "results.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results, target)
+    for name in ("optuna_trials.csv", "optuna_pareto.csv"):
+        if (SWEEP_DIR / name).is_file():
+            shutil.copyfile(SWEEP_DIR / name, KEPT / name)
+
+
+def leaderboard() -> str:
+    cells = [json.loads(p.read_text()) for p in sorted((KEPT / "cells").glob("trial_*/results.json"))]
+    if not cells:
+        return "no kept trials yet"
+    lines = ["| budget | trial | recipe | val acc | test acc | speed-up b32 | bytes (of teacher) |",
+             "|---|---|---|---|---|---|---|"]
+    budgets = [(f"speed-up >= {s:g}x", lambda m, s=s: m["eff/speedup_b32"] >= s) for s in SPEEDUPS]
+    budgets += [(f"bytes <= {b:.0%}", lambda m, b=b: m["eff/disk_bytes"] <= b * m["teacher/eff/disk_bytes"])
+                for b in BYTES]
+    for name, inside in budgets:
+        fitting = [c for c in cells if inside(c["metrics"])]
+        if not fitting:
+            lines.append(f"| {name} | none of {len(cells)} trials | | | | | |")
+            continue
+        best = max(fitting, key=lambda c: c["metrics"]["val/acc"])
+        m = best["metrics"]
+        lines.append(f"| {name} | {best['config']['trial']} | {describe(best)} | {m['val/acc']:.4f} | "
+                     f"{m['test/acc']:.4f} | {m['eff/speedup_b32']:.2f}x | "
+                     f"{m['eff/disk_bytes'] / 1e6:.1f} MB ({m['eff/disk_bytes'] / m['teacher/eff/disk_bytes']:.0%}) |")
+    return "\n".join(lines)
+
+
+def describe(results: dict) -> str:
+    config, technique = results["config"], results["config"]["technique"]
+    keys = {"kd": ["temperature"], "head_pruning": ["head_sparsity", "ffn_sparsity"], "drone": ["rank_ratio"],
+            "magnitude_pruning": ["sparsity"], "qat": ["bits"], "ptq_dynamic": []}.get(results["technique"], [])
+    shown = ", ".join(f"{k}={technique[k]:.3g}" if isinstance(technique[k], float) else f"{k}={technique[k]}"
+                      for k in keys)
+    return f"{results['technique']} {config['student']['name']}" + (f" ({shown})" if shown else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        sweep(args.trials, args.steps)
+    keep()
+    if (KEPT / "optuna_trials.csv").is_file():
+        subprocess.run([sys.executable, "-m", "slimnlp.report", str(KEPT / "cells"), "--group-by", "trial,technique",
+                        "--columns", "val/acc,test/acc,eff/speedup_b32,eff/disk_bytes,eff/flops", "--out", str(KEPT)],
+                       cwd=REPO, check=False)
+        from slimnlp.report.study import plot_study
+
+        print(plot_study(KEPT / "optuna_trials.csv", KEPT))
+    table = leaderboard()
+    (KEPT / "leaderboard.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
