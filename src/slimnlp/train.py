@@ -282,18 +282,53 @@ def _planned(job: list[str]) -> DictConfig:
     return cfg
 
 
-def _as_launched(cfg: DictConfig) -> DictConfig:
+def _as_launched(cfg: DictConfig, output_dir: str | None = None) -> DictConfig:
     """``cfg`` with what Hydra's launcher would fill in, registered as the current Hydra config."""
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = os.getcwd()
-        cfg.hydra.runtime.output_dir = os.path.join(os.getcwd(), "preflight")
+        cfg.hydra.runtime.output_dir = output_dir or os.path.join(os.getcwd(), "preflight")
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
+def pipeline_main(overrides: list[str]) -> dict[str, Any]:
+    """``python train.py pipeline=<name> [overrides for every stage]`` (``slimnlp.pipeline``): every stage's config
+    composed and planned and the chain checked before the first stage trains, then the stages run in this process,
+    each a plain ``run``."""
+    from slimnlp.build import technique_class
+    from slimnlp.pipeline import (check_chain, definition_hash, parse_stages, pipeline_folder, run_pipeline,
+                                  stage_overrides)
+
+    check_command_line(overrides)
+    cfg = _as_launched(compose_config(overrides))
+    name = str(cfg.hydra.runtime.choices.get("pipeline"))
+    stages = parse_stages(OmegaConf.to_container(cfg.pipeline.stages, resolve=True))
+    common = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in ("pipeline", "resume")]
+    digest = definition_hash(name, stages, common)
+    folder = pipeline_folder(Path(cfg.paths.output_root) / "pipelines", name, digest, cfg.resume)
+    quantizes = []
+    for k in range(len(stages)):  # a later stage's student does not exist yet: plan it on the teacher's source
+        job = stage_overrides(stages, k, common, folder)
+        job = [o if not o.startswith("student.path=") else "student.path=${teacher.name_or_path}" for o in job]
+        check_command_line(job)
+        quantizes.append(technique_class(_planned(job)).exports_quantized)
+    check_chain(stages, quantizes)
+
+    def run_stage(k: int, resume: Any) -> dict[str, Any]:
+        job = [*stage_overrides(stages, k, common, folder), *([f"resume={resume}"] if resume else [])]
+        return run(_as_launched(compose_config(job), output_dir=str(folder)))
+
+    return run_pipeline(name, stages, folder, digest, sys.argv[1:], run_stage)
+
+
 def main() -> None:
+    args = sys.argv[1:]
     try:
-        preflight(sys.argv[1:])
+        if any(a.lstrip("+").startswith("pipeline=") for a in args) and not any(a.startswith("-") for a in args):
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+            pipeline_main(args)
+            return
+        preflight(args)
     except ConfigError as err:
         _exit_with(str(err))
     _hydra_main()

@@ -150,3 +150,16 @@ class TrialOutcome(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         value = float("nan") if self.mode == "nan_value" else self.value
         trainer.callback_metrics["val/reported"] = torch.tensor(value)
+
+
+class CrashOnce(Callback):
+    """Simulates a pipeline killed in one stage: raises after optimizer step ``step`` of the first run whose
+    technique class is ``technique``, leaving ``marker`` so that the same command run again does not crash."""
+
+    def __init__(self, step: int, technique: str, marker: str) -> None:
+        self.step, self.technique, self.marker = step, technique, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, *args: Any) -> None:
+        if type(pl_module).__name__ == self.technique and trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.write_text("crashed once")
+            raise RuntimeError(f"simulated crash in {self.technique} at step {trainer.global_step}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -159,6 +159,10 @@ def fidelity_key(name: str, split: str) -> str:
 
 
 class Technique(L.LightningModule):
+    # True: the exported student holds quantized weights, which no technique trains, prunes or quantizes again,
+    # so a pipeline (slimnlp.pipeline) puts such a stage last.
+    exports_quantized: ClassVar[bool] = False
+
     def __init__(
         self,
         student: PreTrainedModel,

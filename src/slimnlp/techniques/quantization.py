@@ -108,6 +108,7 @@ def check_group_size(models: ModelConfigs, granularity: str, group_size: Any) ->
 
 
 class DataFreeQuantization(Technique):
+    exports_quantized = True
     """Post-training quantization that reads no data (``trains=False``; the calibration batches go unused):
     subclasses say what replaces each target Linear (``replacement``); ``targets`` and the int8 embedding tables
     are handled here."""
@@ -136,6 +137,7 @@ class DataFreeQuantization(Technique):
 
 
 class DistilledQuantization(Technique):
+    exports_quantized = True
     """Quantization-aware training with an optional TernaryBERT-style distillation loss (module docstring)."""
 
     def __init__(self, distill: bool = True, alpha: float = 0.0, temperature: float = 1.0,
