@@ -22,7 +22,7 @@ from slimnlp.errors import ConfigError
 
 CONFIG_NAME = "train"
 # Keys that never change what a run computes: excluded from the config hash used to match resumes.
-VOLATILE_KEYS = ("resume", "paths", "hydra", "logger", "tags", "callbacks", "trial", "hparams_search", "pipeline")
+VOLATILE_KEYS = ("resume", "paths", "hydra", "logger", "tags", "callbacks", "trial", "hparams_search", "pipeline", "paper")
 
 
 def config_dir() -> Path:

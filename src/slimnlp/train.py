@@ -42,6 +42,7 @@ from slimnlp.config import (
     config_dir,
     config_hash,
     find_error,
+    group_options,
     ood_data_configs,
     to_plain,
 )
@@ -321,9 +322,26 @@ def pipeline_main(overrides: list[str]) -> dict[str, Any]:
     return run_pipeline(name, stages, folder, digest, sys.argv[1:], run_stage)
 
 
+def with_scale(args: list[str]) -> list[str]:
+    """``experiment=<paper row> scale=cpu``: the command line with the row's own CPU-scale overrides appended
+    (``paper.cpu.overrides``: its student at this scale), which a scale file cannot choose for every row."""
+    if not any(a.startswith("scale=") for a in args) or any(a.startswith("-") for a in args):
+        return args
+    check_command_line(args)
+    cfg = compose_config(args)
+    overrides = OmegaConf.select(cfg, "paper.cpu.overrides")
+    if overrides is None:
+        rows = ", ".join(o for o in group_options("experiment")
+                         if OmegaConf.select(OmegaConf.load(config_dir() / "experiment" / f"{o}.yaml"), "paper.cpu"))
+        raise ConfigError("scale", cfg.hydra.runtime.choices.get("scale"),
+                          f"a paper row to scale: experiment=<row> with paper.cpu ({rows})")
+    return [*args, *[str(o) for o in overrides]]
+
+
 def main() -> None:
     args = sys.argv[1:]
     try:
+        args = sys.argv[1:] = with_scale(args)
         if any(a.lstrip("+").startswith("pipeline=") for a in args) and not any(a.startswith("-") for a in args):
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
             pipeline_main(args)

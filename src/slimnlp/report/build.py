@@ -26,7 +26,7 @@ import yaml
 from slimnlp.report.collect import MISSING, Collection, Run, collect
 from slimnlp.report.elue import Curve, baseline_curve, elue_score
 from slimnlp.report.errors import ReportError
-from slimnlp.report.reference import load_reference
+from slimnlp.report.reference import load_reference, paper_rows
 from slimnlp.report.rows import Row, configuration_rows, display, order_rows, teacher_rows
 from slimnlp.report.stats import higher_is_better, welch_difference
 
@@ -276,6 +276,9 @@ def build_report(options: Options, collection: Collection | None = None) -> Repo
     rows = configuration_rows(runs, group_by, warnings) + teacher_rows(runs)
     if options.reference:
         rows += load_reference(options.reference, tasks)
+    from_configs, paper_notes = paper_rows(runs)  # experiment=<paper row>: the paper's own numbers
+    rows += [row for row in from_configs if row.label not in {r.label for r in rows}]
+    notes += paper_notes
     rows = order_rows(rows)
     if options.metric:
         _require_metric(options.metric, _available([r for r in rows if r.kind == "run"]), "--metric")

@@ -43,6 +43,29 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def paper_rows(runs: Sequence[Any]) -> tuple[list[Row], list[str]]:
+    """The paper numbers the runs' own configs carry (``paper``: an ``experiment=<paper row>``), one row per paper
+    row, on the task the paper measured; and a note for each paper row whose runs are on another task
+    (``scale=cpu``: the recipe on the embedded default, whose numbers are not the paper's to compare)."""
+    rows: dict[str, Row] = {}
+    notes: dict[str, str] = {}
+    for run in runs:
+        paper = run.config.get("paper") if isinstance(run.config, dict) else None
+        if not isinstance(paper, dict) or not isinstance(paper.get("metrics"), dict):
+            continue
+        label, task = str(paper.get("label", "paper")), str(paper.get("task", run.task))
+        if task != run.task:
+            notes[label] = (f"{label}: the paper's numbers are on {task}; these runs are on {run.task} (scale=cpu), "
+                            "so they are not shown beside it")
+            continue
+        values = {str(k): float(v) for k, v in paper["metrics"].items() if _number(v) is not None}
+        where = "; ".join(str(paper[k]) for k in ("source", "split", "caveats") if paper.get(k))
+        rows.setdefault(label, Row(label=f"{label} (paper)", kind="paper", task=task,
+                                   fields={"task": task, "technique": "paper", "student": label},
+                                   per_run=[values], source=where))
+    return list(rows.values()), list(notes.values())
+
+
 def load_reference(path: str | Path, tasks: Sequence[str]) -> list[Row]:
     """The paper rows of the reference file ``path``, for a report over ``tasks``."""
     path = Path(path)
