@@ -21,7 +21,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from kept_cells import REPO
 

@@ -297,8 +297,14 @@ def pipeline_main(overrides: list[str]) -> dict[str, Any]:
     composed and planned and the chain checked before the first stage trains, then the stages run in this process,
     each a plain ``run``."""
     from slimnlp.build import technique_class
-    from slimnlp.pipeline import (check_chain, definition_hash, parse_stages, pipeline_folder, run_pipeline,
-                                  stage_overrides)
+    from slimnlp.pipeline import (
+        check_chain,
+        definition_hash,
+        parse_stages,
+        pipeline_folder,
+        run_pipeline,
+        stage_overrides,
+    )
 
     check_command_line(overrides)
     cfg = _as_launched(compose_config(overrides))

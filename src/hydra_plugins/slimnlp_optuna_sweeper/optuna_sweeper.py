@@ -58,9 +58,9 @@ class SlimnlpOptunaSweeper(Sweeper):
                  definition.n_trials)
         extra = [f"logger.wandb.group={definition.study_name}"] if "wandb" in (self.config.get("logger") or {}) else []
         # As inside study.optimize, so a sampler may end the study (GridSampler stops once its grid is done).
-        study._stop_flag, study._thread_local.in_optimize_loop = False, True  # noqa: SLF001
+        study._stop_flag, study._thread_local.in_optimize_loop = False, True
         try:
-            while not study._stop_flag and (count := trials_to_ask(study, definition.n_trials, definition.n_jobs)):  # noqa: SLF001
+            while not study._stop_flag and (count := trials_to_ask(study, definition.n_trials, definition.n_jobs)):
                 trials = []
                 for _ in range(count):
                     trial = study.ask()
@@ -73,7 +73,7 @@ class SlimnlpOptunaSweeper(Sweeper):
                     break
                 self._run_batch(study, definition, trials, extra)
         finally:
-            study._thread_local.in_optimize_loop = False  # noqa: SLF001
+            study._thread_local.in_optimize_loop = False
         write_study_tables(study, definition.objectives, sweep_dir)
         return study
 
@@ -95,7 +95,7 @@ class SlimnlpOptunaSweeper(Sweeper):
             self._launch(study, definition, run)
 
     def _launch(self, study: optuna.Study, definition: SweepDefinition, run: list[tuple[optuna.Trial, list[str]]]) -> None:
-        ids = [trial._trial_id for trial, _ in run]  # noqa: SLF001 - heartbeats are keyed by storage id
+        ids = [trial._trial_id for trial, _ in run]
         try:
             with Heartbeat(study, ids, definition.heartbeat_s):
                 returns = self.launcher.launch([overrides for _, overrides in run], initial_job_idx=run[0][0].number)

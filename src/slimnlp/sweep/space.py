@@ -152,14 +152,15 @@ def override(key: str, value: Value) -> str:
     if isinstance(value, (int, float)):
         return f"{key}={value!r}"
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     text = str(value)
     try:
         parsed = OverridesParser.create().parse_override(f"{key}={text}")
-        if not parsed.is_sweep_override() and parsed.value() == text:
-            return f"{key}={text}"
-    except Exception:  # not valid unquoted: quote it
-        pass
+    except HydraException:  # not valid unquoted (OverrideParseException is one): quote it
+        parsed = None
+    if parsed is not None and not parsed.is_sweep_override() and parsed.value() == text:
+        return f"{key}={text}"
     return f"{key}='" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

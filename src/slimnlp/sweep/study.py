@@ -144,7 +144,7 @@ class Heartbeat:
     """Records a heartbeat for the given trials every ``interval`` seconds while their jobs run."""
 
     def __init__(self, study: optuna.Study, trial_ids: Iterable[int], interval: int | None) -> None:
-        self.storage = study._storage  # noqa: SLF001 - Optuna exposes heartbeats only through its storage
+        self.storage = study._storage
         self.trial_ids, self.interval = list(trial_ids), interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,7 +167,7 @@ class Heartbeat:
             except Exception:  # a lost beat is retried next interval; it must not kill the sweep
                 log.warning("optuna heartbeat failed", exc_info=True)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
