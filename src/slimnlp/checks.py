@@ -365,6 +365,7 @@ def under(prefix: str, rules: Iterable[tuple[str, Rule]]) -> tuple[tuple[str, Ru
 RULES: tuple[tuple[str, Rule], ...] = (
     ("seed", SEED),
     ("resume", optional(any_of(boolean(), string(allowed="a run folder or .ckpt path")))),
+    ("trial", optional(integer(0))),  # set by the Optuna sweeper: the run's trial number
     ("tags", list_of(string(), "strings")),
     ("cache_teacher_logits", boolean()),
     ("min_steps", integer(0)),
