@@ -296,15 +296,23 @@ def pipeline_main(overrides: list[str]) -> dict[str, Any]:
     """``python train.py pipeline=<name> [overrides for every stage]`` (``slimnlp.pipeline``): every stage's config
     composed and planned and the chain checked before the first stage trains, then the stages run in this process,
     each a plain ``run``."""
+    from slimnlp.pipeline import run_pipeline, stage_overrides
+
+    name, stages, common, digest, folder = plan_pipeline(overrides)
+
+    def run_stage(k: int, resume: Any) -> dict[str, Any]:
+        job = [*stage_overrides(stages, k, common, folder), *([f"resume={resume}"] if resume else [])]
+        return run(_as_launched(compose_config(job), output_dir=str(folder)))
+
+    return run_pipeline(name, stages, folder, digest, sys.argv[1:], run_stage)
+
+
+def plan_pipeline(overrides: list[str]) -> tuple[str, list[Any], list[str], str, Path]:
+    """A pipeline command line checked before anything trains: its stages, the overrides common to them, the
+    definition's hash and its folder (new, or the one ``resume`` continues). Every stage is composed and planned (a
+    later stage's student does not exist yet: it is planned on the teacher's source) and the chain is checked."""
     from slimnlp.build import technique_class
-    from slimnlp.pipeline import (
-        check_chain,
-        definition_hash,
-        parse_stages,
-        pipeline_folder,
-        run_pipeline,
-        stage_overrides,
-    )
+    from slimnlp.pipeline import check_chain, definition_hash, parse_stages, pipeline_folder, stage_overrides
 
     check_command_line(overrides)
     cfg = _as_launched(compose_config(overrides))
@@ -314,18 +322,13 @@ def pipeline_main(overrides: list[str]) -> dict[str, Any]:
     digest = definition_hash(name, stages, common)
     folder = pipeline_folder(Path(cfg.paths.output_root) / "pipelines", name, digest, cfg.resume)
     quantizes = []
-    for k in range(len(stages)):  # a later stage's student does not exist yet: plan it on the teacher's source
+    for k in range(len(stages)):
         job = stage_overrides(stages, k, common, folder)
         job = [o if not o.startswith("student.path=") else "student.path=${teacher.name_or_path}" for o in job]
         check_command_line(job)
         quantizes.append(technique_class(_planned(job)).exports_quantized)
     check_chain(stages, quantizes)
-
-    def run_stage(k: int, resume: Any) -> dict[str, Any]:
-        job = [*stage_overrides(stages, k, common, folder), *([f"resume={resume}"] if resume else [])]
-        return run(_as_launched(compose_config(job), output_dir=str(folder)))
-
-    return run_pipeline(name, stages, folder, digest, sys.argv[1:], run_stage)
+    return name, stages, common, digest, folder
 
 
 def with_scale(args: list[str]) -> list[str]:

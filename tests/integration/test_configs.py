@@ -76,6 +76,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path, tokenizer, ti
     elif group == "logger":
         for node in (cfg.logger or {}).values():
             instantiate(node, **({"tags": ["t"]} if "tags" in node else {}))
+    elif group == "pipeline":  # every stage composes and plans, and the chain can work
+        from slimnlp.train import plan_pipeline
+
+        _, stages, _, _, _ = plan_pipeline([f"pipeline={option}", f"paths.root_dir={tmp_path}"])
+        assert len(stages) >= 2
     elif group == "hparams_search":  # every branch of the search composes and plans; the study opens
         import optuna
 

@@ -226,3 +226,16 @@ def test_a_one_objective_study_plots_its_history(tmp_path):
     trials_csv, pareto_csv = write_study_tables(study, objectives, tmp_path)
     assert [r["number"] for r in csv.DictReader(pareto_csv.open())] == ["1"]  # the best trial
     assert plot_study(trials_csv, tmp_path).name == "study_history.png"
+
+
+def test_a_studys_trials_share_one_wandb_group():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.slimnlp_optuna_sweeper.optuna_sweeper import study_group
+    from slimnlp.config import compose_config
+
+    with_wandb = compose_config(["logger=many"]).logger
+    assert "wandb" in with_wandb and study_group(with_wandb, "recipes") == ["logger.wandb.group=recipes"]
+    assert study_group(compose_config([]).logger, "recipes") == []
+    assert OmegaConf.select(compose_config(["logger=many", *study_group(with_wandb, "recipes")]),
+                            "logger.wandb.group") == "recipes"

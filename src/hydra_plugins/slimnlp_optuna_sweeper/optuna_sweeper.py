@@ -56,7 +56,7 @@ class SlimnlpOptunaSweeper(Sweeper):
         log.info("study %s in %s: %s, %d trials in all", definition.study_name, definition.storage,
                  ", ".join(f"{n} ({d})" for n, d in zip(definition.objectives.names, definition.objectives.directions)),
                  definition.n_trials)
-        extra = [f"logger.wandb.group={definition.study_name}"] if "wandb" in (self.config.get("logger") or {}) else []
+        extra = study_group(self.config.get("logger"), definition.study_name)
         # As inside study.optimize, so a sampler may end the study (GridSampler stops once its grid is done).
         study._stop_flag, study._thread_local.in_optimize_loop = False, True
         try:
@@ -118,6 +118,11 @@ def consecutive_runs(trials: list[tuple[optuna.Trial, list[str]]]) -> list[list[
         else:
             runs.append([item])
     return runs
+
+
+def study_group(loggers: Any, study_name: str) -> list[str]:
+    """With a W&B logger, every trial's run goes to the W&B group named after the study."""
+    return [f"logger.wandb.group={study_name}"] if "wandb" in (loggers or {}) else []
 
 
 def definition_of(config: DictConfig, arguments: list[str]) -> SweepDefinition:
