@@ -146,3 +146,20 @@ def test_a_bad_search_fails_in_one_line_before_any_trial(tiny_setup, tmp_path, e
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-3000:]
     assert not (tmp_path / "sweep").exists()  # nothing launched
+
+
+def test_trials_run_in_parallel_through_hydras_joblib_launcher(tiny_setup, tmp_path):
+    root = tiny_setup[0]
+    sweep(tiny_setup, tmp_path / "sweep", "hparams_search.study_name=joblib", "hparams_search.n_trials=2",
+          "hparams_search.n_jobs=2", "hparams_search.pruner=null", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    trials = load(root, "joblib").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    from datetime import datetime, timedelta
+
+    windows = []  # each run's own time: from its start (end less run()'s seconds) to its end
+    for trial in trials:
+        results = json.loads(Path(trial.user_attrs["results"]).read_text())
+        end = datetime.fromisoformat(results["finished_at"])
+        windows.append((end - timedelta(seconds=results["metrics"]["time/run_s"]), end))
+    assert windows[0][0] < windows[1][1] and windows[1][0] < windows[0][1]  # the two runs overlapped in time
+    assert {Path(t.user_attrs["run_dir"]).name.split("_")[0] for t in trials} == {"0", "1"}
