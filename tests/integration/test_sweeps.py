@@ -105,11 +105,13 @@ def test_a_pruner_stops_trials_through_the_lightning_callback(tiny_setup, tmp_pa
 
 
 def test_two_workers_share_one_postgresql_study(tiny_setup, tmp_path, postgres_url):
-    root = tiny_setup[0]
+    _, corpus, teacher = tiny_setup
+    root = tmp_path / "root"  # no cached teacher: the two workers must fine-tune it once between them
+    fresh = (root, corpus, teacher)
     name, n_trials = f"shared_{os.getpid()}", 6
     common = [f"hparams_search.study_name={name}", f"hparams_search.storage={postgres_url}",
               f"hparams_search.n_trials={n_trials}", "hparams_search.pruner=null"]
-    workers = [sweep(tiny_setup, tmp_path / "sweep", *common, wait=False) for _ in range(2)]
+    workers = [sweep(fresh, tmp_path / "sweep", *common, wait=False) for _ in range(2)]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     trials = load(root, name, postgres_url).get_trials()
@@ -121,7 +123,9 @@ def test_two_workers_share_one_postgresql_study(tiny_setup, tmp_path, postgres_u
     configured = {json.loads((Path(f) / "results.json").read_text())["config"]["trial"] for f in folders}
     assert configured == set(range(n_trials))
     assert all(": complete" in output for output in outputs)  # both workers ran trials
-    assert len(list((root / "outputs" / "teachers").glob("*/model.safetensors"))) <= 1  # one teacher for all
+    log = "".join(outputs)
+    assert log.count("fine-tuning it first") == 1  # one teacher for the whole study (the cache lock)
+    assert len(list((root / "outputs" / "teachers").rglob("model.safetensors"))) == 1
 
 
 @pytest.mark.parametrize(
