@@ -86,7 +86,7 @@ def describe(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--trials", type=int, default=14)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
