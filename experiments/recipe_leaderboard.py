@@ -2,15 +2,17 @@
 2x, 4x and 8x over the teacher (batch 32) and at no more than 25% and 10% of the teacher's bytes on disk — found
 by an Optuna sweep over recipes, not picked by hand.
 
-    python experiments/recipe_leaderboard.py [--trials 16] [--steps 200] [--report-only]
+    python experiments/recipe_leaderboard.py [--study NAME] [--trials 14] [--steps 200] [--repeats 20] [--report-only]
 
 The sweep: ``python train.py -m hparams_search=recipes hparams_search.n_trials=<trials>
 trainer.max_steps=<steps> <COMMON>`` (``conf/hparams_search/recipes.yaml``: NSGA-II over kd into 2-6 layers, heads +
 FFN pruning, DRONE, magnitude pruning, QAT and dynamic INT8 PTQ, each with its own hyperparameters; objectives
 val/acc and eff/speedup_b32, both maximised). Every trial has the same student step budget; ``COMMON`` drops the
 ONNX Runtime, attack and energy measurements, which the leaderboard does not read. The study lives in
-``sweeps/recipes_leaderboard.db`` (re-running resumes it); every finished trial's ``results.json`` is kept in
-``experiments/recipe_leaderboard/cells/trial_<n>/`` (committed), its study table and Pareto plot beside them.
+``sweeps/<study>.db`` (re-running resumes it); every finished trial's ``results.json`` is kept in
+``experiments/recipe_leaderboard/<study>/cells/trial_<n>/`` (committed), its study table and Pareto plot beside them.
+A study is one budget: another ``--steps`` or ``--repeats`` (latency passes per model and batch size) is another
+``--study``.
 A row is chosen by validation accuracy among the trials inside the budget; its test accuracy is what is shown.
 """
 
@@ -21,40 +23,51 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from kept_cells import REPO
 
-KEPT = REPO / "experiments" / "recipe_leaderboard"
-SWEEP_DIR = REPO / "outputs" / "experiments" / "recipe_leaderboard"
-STUDY = "recipes_leaderboard"
+KEPT_ROOT = REPO / "experiments" / "recipe_leaderboard"
+SWEEP_ROOT = REPO / "outputs" / "experiments" / "recipe_leaderboard"
 COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]", "energy.enabled=false",
           "trainer.enable_progress_bar=false"]
 SPEEDUPS = (2.0, 4.0, 8.0)
 BYTES = (0.25, 0.10)
 
 
-def sweep(trials: int, steps: int) -> None:
+def sweep(study: str, trials: int, steps: int, repeats: int) -> None:
     command = [sys.executable, str(REPO / "train.py"), "-m", "hparams_search=recipes",
-               f"hparams_search.study_name={STUDY}", f"hparams_search.n_trials={trials}",
-               f"trainer.max_steps={steps}", *COMMON, f"hydra.sweep.dir={SWEEP_DIR}"]
+               f"hparams_search.study_name={study}", f"hparams_search.n_trials={trials}",
+               f"trainer.max_steps={steps}", f"measure.repeats={repeats}", *COMMON,
+               f"hydra.sweep.dir={SWEEP_ROOT / study}"]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=False)
 
 
-def keep() -> None:
-    """Copy every finished trial's results.json and the study's table into the committed folder."""
-    for results in SWEEP_DIR.glob("*/results.json"):
+def keep(study: str) -> None:
+    """Copy every finished trial's results.json and the study's tables (written afresh from the study, so a sweep
+    stopped early keeps them too) into the committed folder."""
+    import optuna
+
+    from slimnlp.sweep.study import Objectives
+    from slimnlp.sweep.tables import write_study_tables
+
+    kept = KEPT_ROOT / study
+    for results in (SWEEP_ROOT / study).glob("*/results.json"):
         trial = json.loads(results.read_text())["config"]["trial"]
-        target = KEPT / "cells" / f"trial_{trial}" / "results.json"
+        target = kept / "cells" / f"trial_{trial}" / "results.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(results, target)
-    for name in ("optuna_trials.csv", "optuna_pareto.csv"):
-        if (SWEEP_DIR / name).is_file():
-            shutil.copyfile(SWEEP_DIR / name, KEPT / name)
+    db = REPO / "sweeps" / f"{study}.db"
+    if db.is_file():
+        loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+        names = loaded.user_attrs["objectives"]
+        directions = ["maximize" if d.name == "MAXIMIZE" else "minimize" for d in loaded.directions]
+        write_study_tables(loaded, Objectives.parse(names, directions), kept)
 
 
-def leaderboard() -> str:
-    cells = [json.loads(p.read_text()) for p in sorted((KEPT / "cells").glob("trial_*/results.json"))]
+def leaderboard(kept: Path) -> str:
+    cells = [json.loads(p.read_text()) for p in sorted((kept / "cells").glob("trial_*/results.json"))]
     if not cells:
         return "no kept trials yet"
     lines = ["| budget | trial | recipe | val acc | test acc | speed-up b32 | bytes (of teacher) |",
@@ -86,22 +99,25 @@ def describe(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="recipes_leaderboard")
     parser.add_argument("--trials", type=int, default=14)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    kept = KEPT_ROOT / args.study
     if not args.report_only:
-        sweep(args.trials, args.steps)
-    keep()
-    if (KEPT / "optuna_trials.csv").is_file():
-        subprocess.run([sys.executable, "-m", "slimnlp.report", str(KEPT / "cells"), "--group-by", "trial,technique",
-                        "--columns", "val/acc,test/acc,eff/speedup_b32,eff/disk_bytes,eff/flops", "--out", str(KEPT)],
+        sweep(args.study, args.trials, args.steps, args.repeats)
+    keep(args.study)
+    if (kept / "cells").is_dir():
+        subprocess.run([sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", "trial,technique",
+                        "--columns", "val/acc,test/acc,eff/speedup_b32,eff/disk_bytes,eff/flops", "--out", str(kept)],
                        cwd=REPO, check=False)
         from slimnlp.report.study import plot_study
 
-        print(plot_study(KEPT / "optuna_trials.csv", KEPT))
-    table = leaderboard()
-    (KEPT / "leaderboard.md").write_text(table + "\n")
+        print(plot_study(kept / "optuna_trials.csv", kept))
+    table = leaderboard(kept)
+    (kept / "leaderboard.md").write_text(table + "\n")
     print(table)
 
 
