@@ -60,10 +60,14 @@ def paper_rows(runs: Sequence[Any]) -> tuple[list[Row], list[str]]:
             continue
         values = {str(k): float(v) for k, v in paper["metrics"].items() if _number(v) is not None}
         where = "; ".join(str(paper[k]) for k in ("source", "split", "caveats") if paper.get(k))
-        rows.setdefault(label, Row(label=f"{label} (paper)", kind="paper", task=task,
-                                   fields={"task": task, "technique": "paper", "student": label},
-                                   per_run=[values], source=where))
+        rows.setdefault(label, paper_row(label, task, values, where))
     return list(rows.values()), list(notes.values())
+
+
+def paper_row(label: str, task: str, metrics: dict[str, float], source: str) -> Row:
+    """A paper's numbers as a report row: marked "paper", no seeds, its source in the notes."""
+    return Row(label=f"{label} (paper)", kind="paper", task=task,
+               fields={"task": task, "technique": "paper", "student": label}, per_run=[metrics], source=source)
 
 
 def load_reference(path: str | Path, tasks: Sequence[str]) -> list[Row]:
@@ -113,14 +117,5 @@ def load_reference(path: str | Path, tasks: Sequence[str]) -> list[Row]:
                 raise ReportError(f"{where}: rows[{i}] ('{label}') {key}={value!r} is not a number")
             values[str(key)] = number
         source = entry.get("source", data.get("source"))
-        rows.append(
-            Row(
-                label=f"{label} (paper)",
-                kind="paper",
-                task=str(task),
-                fields={"task": str(task), "technique": "paper", "student": label},
-                per_run=[values],
-                source=f"{paper}" + (f", {source}" if source else ""),
-            )
-        )
+        rows.append(paper_row(label, str(task), values, f"{paper}" + (f", {source}" if source else "")))
     return rows

@@ -24,7 +24,7 @@ trial. Objectives and directions are lists so that the command line replaces the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from slimnlp.errors import ConfigError
@@ -47,7 +47,6 @@ class SweepDefinition:
     sampler: Mapping[str, Any] | None = None  # config nodes, instantiated by the sweeper
     pruner: Mapping[str, Any] | None = None
     heartbeat_s: int = 60
-    sweeps: dict[str, str] = field(default_factory=dict)  # command-line sweeps that joined params
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, arguments: Sequence[str] | None, root: str) -> SweepDefinition:
@@ -86,7 +85,6 @@ class SweepDefinition:
             sampler=node.get("sampler"),
             pruner=node.get("pruner"),
             heartbeat_s=heartbeat,
-            sweeps=sweeps,
         )
 
 
