@@ -82,6 +82,7 @@ def test_the_second_stage_starts_from_the_first_stages_weights(tiny_setup):
 
 def test_a_chain_that_cannot_work_fails_in_one_line_before_training(tiny_setup):
     root = tiny_setup[0]
+    before = sorted((root / "outputs" / "pipelines").glob("*"))
     result = pipeline(tiny_setup, "~pipeline.stages", "+pipeline.stages={quantize: 'technique=ptq_dynamic', "
                       "prune: 'technique=magnitude_pruning'}")
     assert result.returncode == 2
@@ -89,6 +90,4 @@ def test_a_chain_that_cannot_work_fails_in_one_line_before_training(tiny_setup):
     assert len(errors) == 1 and "pipeline.stages.quantize" in errors[0] and "quantize last" in errors[0], result.stderr
     bad_value = pipeline(tiny_setup, "pipeline.stages.prune='technique=magnitude_pruning technique.sparsity=1.5'")
     assert bad_value.returncode == 2 and "technique.sparsity=1.5" in bad_value.stderr.splitlines()[-1]
-    assert not list((root / "outputs" / "pipelines").glob("*/pipeline.json")) or all(
-        json.loads(p.read_text())["stages"][0]["status"] != "running"
-        for p in (root / "outputs" / "pipelines").glob("*/pipeline.json"))
+    assert sorted((root / "outputs" / "pipelines").glob("*")) == before  # no pipeline folder: nothing ran
