@@ -165,14 +165,12 @@ def summary_table(summary: Mapping[str, Any]) -> str:
 
 
 def _format(key: str, value: float) -> str:
-    if key == "eff/disk_bytes":
-        return f"{value / 1e6:.1f} MB"
-    if key == "eff/params":
-        return f"{value / 1e6:.2f} M"
-    if key == "eff/flops":
-        return f"{value / 1e9:.3f} G"
-    if key.startswith("eff/speedup"):
-        return f"{value:.2f}x"
+    """A metric in the report's display units (``slimnlp.report.units``: M, MB, GFLOPs, ×)."""
+    from slimnlp.report.units import unit
+
+    scale, label = unit(key)
     if key == "train/optimizer_steps":
         return f"{value:.0f}"
-    return f"{value:.4f}"
+    if not label:
+        return f"{value:.4f}"
+    return f"{value * scale:.2f}×" if label == "×" else f"{value * scale:.4g} {label}"
