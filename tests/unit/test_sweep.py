@@ -122,6 +122,16 @@ def test_an_override_parses_back_to_the_sampled_value(value):
     assert parsed.value() == value and type(parsed.value()) is type(value)
 
 
+def test_a_fixed_list_is_set_as_a_list_and_never_sampled():
+    param = parse_param("technique.targets", "[encoder,embeddings,'1e-3']")
+    assert param.distribution is None and param.fixed == ("encoder", "embeddings", "1e-3")
+    text = override(param.key, param.fixed)
+    assert text == "technique.targets=[encoder,embeddings,'1e-3']"
+    assert OverridesParser.create().parse_override(text).value() == ["encoder", "embeddings", "1e-3"]
+    with pytest.raises(ConfigError, match="scalars only"):
+        parse_param("technique.targets", "[encoder,[embeddings]]")
+
+
 def test_the_command_line_splits_into_plain_overrides_and_sweeps():
     fixed, sweeps = split_arguments(["hparams_search=kd_tune", "student=2L,4L", "seed=1",
                                      "technique.alpha=interval(0.1,0.9)"])

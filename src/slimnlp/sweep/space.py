@@ -33,7 +33,8 @@ from optuna.trial import BaseTrial
 
 from slimnlp.errors import ConfigError
 
-Value = Any  # None, bool, int, float or str: what an override and an Optuna categorical can both carry
+Value = Any  # None, bool, int, float or str: what an override and an Optuna categorical can both carry (a fixed
+#               value may also be a tuple of them: a list override, never sampled)
 KEY = "hparams_search.params"
 
 
@@ -85,7 +86,9 @@ def parse_param(key: str, spec: Any, where: str = KEY) -> Param:
         raise ConfigError(f"{where}.{key}", spec, "a plain key (no +, ++ or ~ prefix)")
     value = override.value()
     allowed = "choice(a,b), a,b, range(start,stop[,step]), interval(low,high), tag(log|int, interval(...)) or a value"
-    if not override.is_sweep_override():
+    if not override.is_sweep_override():  # a fixed value: a scalar, or a list of scalars (set, never searched)
+        if isinstance(value, list):
+            return Param(key, None, tuple(_scalar(key, v, where, allowed) for v in value))
         return Param(key, None, _scalar(key, value, where, allowed))
     tags = set(getattr(value, "tags", set()))
     unknown = tags - {"log", "int"}
@@ -145,6 +148,8 @@ def _scalar(key: str, value: Any, where: str, allowed: str) -> Value:
 def override(key: str, value: Value) -> str:
     """``key=value`` as Hydra parses it back to ``value``: a string is quoted only when the grammar would read it
     as something else (``'1e-3'``, ``'true'``, spaces, commas ...)."""
+    if isinstance(value, (list, tuple)):  # a fixed list: each element quoted as a scalar would be
+        return f"{key}=[" + ",".join(override(key, v).split("=", 1)[1] for v in value) + "]"
     if value is None:
         return f"{key}=null"
     if isinstance(value, bool):
