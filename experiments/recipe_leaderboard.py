@@ -2,12 +2,16 @@
 2x, 4x and 8x over the teacher (batch 32) and at no more than 25% and 10% of the teacher's bytes on disk — found
 by an Optuna sweep over recipes, not picked by hand.
 
-    python experiments/recipe_leaderboard.py [--study NAME] [--trials 14] [--steps 200] [--repeats 20] [--report-only]
+    python experiments/recipe_leaderboard.py [--search recipes] [--study NAME] [--trials 14] [--steps 200]
+        [--repeats 20] [--report-only] [--merge STUDY ...]
 
-The sweep: ``python train.py -m hparams_search=recipes hparams_search.n_trials=<trials>
+The sweep: ``python train.py -m hparams_search=<search> hparams_search.n_trials=<trials>
 trainer.max_steps=<steps> <COMMON>`` (``conf/hparams_search/recipes.yaml``: NSGA-II over kd into 2-6 layers, heads +
 FFN pruning, DRONE, magnitude pruning, QAT and dynamic INT8 PTQ, each with its own hyperparameters; objectives
-val/acc and eff/speedup_b32, both maximised). Every trial has the same student step budget; ``COMMON`` drops the
+val/acc and eff/speedup_b32, both maximised; ``recipes_compact.yaml``: the small end, 1-2 layer students quantized
+or ternarized with their embeddings or with a factorized embedding table, and the int8 teacher, with the bytes on
+disk as a third objective). ``--merge`` writes one leaderboard over several kept studies of the same budget
+(``experiments/recipe_leaderboard/leaderboard.md``), each row naming its study and trial. Every trial has the same student step budget; ``COMMON`` drops the
 ONNX Runtime, attack and energy measurements, which the leaderboard does not read. The study lives in
 ``sweeps/<study>.db`` (re-running resumes it); every finished trial's ``results.json`` is kept in
 ``experiments/recipe_leaderboard/<study>/cells/trial_<n>/`` (committed), its study table and Pareto plot beside them.
@@ -35,8 +39,8 @@ SPEEDUPS = (2.0, 4.0, 8.0)
 BYTES = (0.25, 0.10)
 
 
-def sweep(study: str, trials: int, steps: int, repeats: int) -> None:
-    command = [sys.executable, str(REPO / "train.py"), "-m", "hparams_search=recipes",
+def sweep(search: str, study: str, trials: int, steps: int, repeats: int) -> None:
+    command = [sys.executable, str(REPO / "train.py"), "-m", f"hparams_search={search}",
                f"hparams_search.study_name={study}", f"hparams_search.n_trials={trials}",
                f"trainer.max_steps={steps}", f"measure.repeats={repeats}", *COMMON,
                f"hydra.sweep.dir={SWEEP_ROOT / study}"]
@@ -66,23 +70,25 @@ def keep(study: str) -> None:
         write_study_tables(loaded, Objectives.parse(names, directions), kept)
 
 
-def leaderboard(kept: Path) -> str:
-    cells = [json.loads(p.read_text()) for p in sorted((kept / "cells").glob("trial_*/results.json"))]
+def leaderboard(*kept: Path) -> str:
+    """The best trial (by validation accuracy) inside each budget, over the kept trials of every study in ``kept``."""
+    cells = [(folder.name, json.loads(p.read_text())) for folder in kept
+             for p in sorted((folder / "cells").glob("trial_*/results.json"))]
     if not cells:
         return "no kept trials yet"
-    lines = ["| budget | trial | recipe | val acc | test acc | speed-up b32 | bytes (of teacher) |",
+    lines = ["| budget | study #trial | recipe | val acc | test acc | speed-up b32 | bytes (of teacher) |",
              "|---|---|---|---|---|---|---|"]
     budgets = [(f"speed-up >= {s:g}x", lambda m, s=s: m["eff/speedup_b32"] >= s) for s in SPEEDUPS]
     budgets += [(f"bytes <= {b:.0%}", lambda m, b=b: m["eff/disk_bytes"] <= b * m["teacher/eff/disk_bytes"])
                 for b in BYTES]
     for name, inside in budgets:
-        fitting = [c for c in cells if inside(c["metrics"])]
+        fitting = [(study, c) for study, c in cells if inside(c["metrics"])]
         if not fitting:
             lines.append(f"| {name} | none of {len(cells)} trials | | | | | |")
             continue
-        best = max(fitting, key=lambda c: c["metrics"]["val/acc"])
+        study, best = max(fitting, key=lambda sc: sc[1]["metrics"]["val/acc"])
         m = best["metrics"]
-        lines.append(f"| {name} | {best['config']['trial']} | {describe(best)} | {m['val/acc']:.4f} | "
+        lines.append(f"| {name} | {study} #{best['config']['trial']} | {describe(best)} | {m['val/acc']:.4f} | "
                      f"{m['test/acc']:.4f} | {m['eff/speedup_b32']:.2f}x | "
                      f"{m['eff/disk_bytes'] / 1e6:.1f} MB ({m['eff/disk_bytes'] / m['teacher/eff/disk_bytes']:.0%}) |")
     return "\n".join(lines)
@@ -91,23 +97,34 @@ def leaderboard(kept: Path) -> str:
 def describe(results: dict) -> str:
     config, technique = results["config"], results["config"]["technique"]
     keys = {"kd": ["temperature"], "head_pruning": ["head_sparsity", "ffn_sparsity"], "drone": ["rank_ratio"],
-            "magnitude_pruning": ["sparsity"], "qat": ["bits"], "ptq_dynamic": []}.get(results["technique"], [])
-    shown = ", ".join(f"{k}={technique[k]:.3g}" if isinstance(technique[k], float) else f"{k}={technique[k]}"
+            "magnitude_pruning": ["sparsity"], "qat": ["bits", "targets"], "ternary": ["targets"],
+            "embedding_factorization": ["rank"], "ptq_dynamic": ["targets"]}.get(results["technique"], [])
+    shown = ", ".join(f"{k}={technique[k]:.3g}" if isinstance(technique[k], float)
+                      else f"{k}={'+'.join(technique[k])}" if isinstance(technique[k], list) else f"{k}={technique[k]}"
                       for k in keys)
-    return f"{results['technique']} {config['student']['name']}" + (f" ({shown})" if shown else "")
+    layers = config["student"].get("num_layers")
+    student = f"{layers}L" if layers else config["student"]["name"]  # a sampled depth renames the student
+    return f"{results['technique']} {student}" + (f" ({shown})" if shown else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--search", default="recipes", help="the hparams_search option the sweep runs")
     parser.add_argument("--study", default="recipes_leaderboard")
     parser.add_argument("--trials", type=int, default=14)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="STUDY", help="only write the leaderboard over these kept studies")
     args = parser.parse_args()
+    if args.merge:
+        table = leaderboard(*(KEPT_ROOT / study for study in args.merge))
+        (KEPT_ROOT / "leaderboard.md").write_text(table + "\n")
+        print(table)
+        return
     kept = KEPT_ROOT / args.study
     if not args.report_only:
-        sweep(args.study, args.trials, args.steps, args.repeats)
+        sweep(args.search, args.study, args.trials, args.steps, args.repeats)
     keep(args.study)
     if (kept / "cells").is_dir():
         subprocess.run([sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", "trial,technique",
