@@ -228,6 +228,22 @@ def test_tell_records_values_failures_and_where_the_run_is(tmp_path):
     assert png.name == "study_pareto.png" and png.stat().st_size > 10_000
 
 
+def test_a_three_objective_study_plots_the_first_against_each_other_one(tmp_path):
+    from PIL import Image
+
+    study = optuna.create_study(directions=["maximize", "maximize", "minimize"])
+    objectives = Objectives.parse(["val/acc", "eff/speedup_b32", "eff/disk_bytes"], ["maximize", "maximize", "minimize"])
+    for acc, speedup, size in ((0.7, 1.0, 90.0), (0.6, 4.0, 20.0), (0.5, 5.0, 95.0), (0.4, 2.0, 99.0)):
+        metrics = {"val/acc": acc, "eff/speedup_b32": speedup, "eff/disk_bytes": size}
+        tell(study, study.ask(), objectives, JobOutcome({"metrics": metrics}, None, None), [])
+    trials_csv, pareto_csv = write_study_tables(study, objectives, tmp_path)
+    assert sorted(int(r["number"]) for r in csv.DictReader(pareto_csv.open())) == [0, 1, 2]  # 3 is dominated
+    two = tmp_path / "two.csv"  # the same trials read as a two-objective table: one panel
+    two.write_text(trials_csv.read_text().replace("maximize;maximize;minimize", "maximize;maximize"))
+    width = Image.open(plot_study(trials_csv, tmp_path / "three")).size[0]
+    assert width == 2 * Image.open(plot_study(two, tmp_path / "two")).size[0]  # accuracy vs speed-up, vs bytes
+
+
 def test_a_one_objective_study_plots_its_history(tmp_path):
     study = optuna.create_study(direction="minimize")
     objectives = Objectives.parse(["val/loss"], ["minimize"])

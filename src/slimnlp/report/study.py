@@ -1,8 +1,9 @@
 """The plot of an Optuna study that a sweep wrote (``optuna_trials.csv``, ``slimnlp.sweep.tables``).
 
-Several objectives: the first against the second, every complete trial a point labelled with its number, the
-study's Pareto front (``pareto`` column: no other trial is at least as good on every objective) joined in
-order of the second objective — ``study_pareto.png``. One objective: the objective per trial and the best so
+Several objectives: the first against each of the others (one panel each), every complete trial a point labelled
+with its number, the study's Pareto set in red (``pareto`` column: no other trial is at least as good on every
+objective); with two objectives the set is the front of the one panel and is joined in order of the second
+objective, with more it is not a front in any one panel, so its points stay unjoined — ``study_pareto.png``. One objective: the objective per trial and the best so
 far — ``study_history.png``. Failed and pruned trials are counted in the title, not drawn.
 """
 
@@ -31,19 +32,26 @@ def plot_study(trials_csv: Path, out: Path) -> Path:
     counts = {state: sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED", "FAIL")}
     title = (f"{trials_csv.parent.name}: {len(rows)} trials ({counts['COMPLETE']} complete, {counts['PRUNED']} "
              f"pruned, {counts['FAIL']} failed)")
-    fig, ax = plt.subplots(figsize=(7, 5))
     if len(objectives) >= 2:
-        y_name, x_name = objectives[0], objectives[1]
-        points = [(float(r[x_name]), float(r[y_name]), r) for r in complete]
-        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", alpha=0.6, label="trial")
-        for x, y, r in points:
-            ax.annotate(r["number"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        front = sorted((p for p in points if p[2]["pareto"] == "True"), key=lambda p: p[0])
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", label="Pareto front")
-        ax.set_xlabel(f"{x_name} ({directions[1]})")
-        ax.set_ylabel(f"{y_name} ({directions[0]})")
+        y_name = objectives[0]
+        fig, axes = plt.subplots(1, len(objectives) - 1, figsize=(7 * (len(objectives) - 1), 5), squeeze=False)
+        for ax, x_name, direction in zip(axes[0], objectives[1:], directions[1:]):
+            points = [(float(r[x_name]), float(r[y_name]), r) for r in complete]
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", alpha=0.6, label="trial")
+            for x, y, r in points:
+                ax.annotate(r["number"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            front = sorted((p for p in points if p[2]["pareto"] == "True"), key=lambda p: p[0])
+            style = "o-" if len(objectives) == 2 else "o"
+            label = "Pareto front" if len(objectives) == 2 else f"Pareto set ({len(objectives)} objectives)"
+            ax.plot([p[0] for p in front], [p[1] for p in front], style, color="tab:red", label=label)
+            ax.set_xlabel(f"{x_name} ({direction})")
+            ax.set_ylabel(f"{y_name} ({directions[0]})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(title, fontsize=9)
         name = "study_pareto.png"
     else:
+        fig, ax = plt.subplots(figsize=(7, 5))
         y_name = objectives[0]
         sign = 1.0 if directions[0] == "maximize" else -1.0
         xs = [int(r["number"]) for r in complete]
@@ -56,10 +64,10 @@ def plot_study(trials_csv: Path, out: Path) -> Path:
         ax.step(xs, best, where="post", color="tab:red", label="best so far")
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{y_name} ({directions[0]})")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         name = "study_history.png"
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     fig.tight_layout()
