@@ -91,3 +91,32 @@ def test_a_chain_that_cannot_work_fails_in_one_line_before_training(tiny_setup):
     bad_value = pipeline(tiny_setup, "pipeline.stages.prune='technique=magnitude_pruning technique.sparsity=1.5'")
     assert bad_value.returncode == 2 and "technique.sparsity=1.5" in bad_value.stderr.splitlines()[-1]
     assert sorted((root / "outputs" / "pipelines").glob("*")) == before  # no pipeline folder: nothing ran
+
+
+def test_tinybert_two_stage_runs_general_distillation_then_the_task_stages_from_its_student(tiny_setup):
+    """``pipeline=tinybert_two_stage``: TinyBERT's whole recipe in one command. The data differ per stage (unlabelled
+    text, then the task), so each stage names its own; everything else is common."""
+    root, corpus, teacher = tiny_setup
+    common = [o for o in tiny_overrides(root, corpus, teacher) if not o.startswith("data")]
+    general = (f"technique=general_distill data=text_corpus data.corpora=[] data.files=[{corpus}] data.max_length=16 "
+               "data.batch_size=16 data.val_samples=30 student=tinybert_4L student.num_layers=2 student.hidden_size=16 "
+               "student.num_attention_heads=4 student.intermediate_size=32 technique.lr=2e-3 trainer.max_steps=20")
+    task = (f"technique=tinybert data=local data.source.path={corpus} data.task_name=tiny data.max_length=16 "
+            "data.batch_size=16 data.eval_batch_size=32")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "pipeline=tinybert_two_stage", *common, "trainer.max_epochs=2",
+         f"pipeline.stages.general='{general}'", f"pipeline.stages.task='{task}'"],
+        env=ENV, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    (folder,) = (root / "outputs" / "pipelines").glob("*_tinybert_two_stage")
+    first, second = (json.loads((folder / d / "results.json").read_text()) for d in ("1_general", "2_task"))
+    assert (first["technique"], first["task"], second["technique"], second["task"]) == (
+        "general_distill", "text_corpus", "tinybert", "tiny")
+    assert first["metrics"]["train/optimizer_steps"] == 20 and first["metrics"]["val/loss"] > 0
+    assert second["config"]["student"]["path"] == str(folder / "1_general" / "student")
+    general_params = first["metrics"]["eff/params"]  # the 2 x 16 encoder, no head
+    assert second["metrics"]["eff/params"] == general_params + 16 * 3 + 3  # + a new 3-class head on its pooled output
+    assert "test/acc" in second["metrics"]
+    summary = json.loads((folder / "pipeline.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["done", "done"]
