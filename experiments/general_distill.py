@@ -15,7 +15,9 @@ Task cells (``task_<student>[_gd]_s<seed>``, seeds 0, 1, 2): ``python train.py t
 seed=<seed>``, the budget of the README's earlier ``tinybert_4L`` row (0.4125): the same 2,000 training tweets,
 one epoch per TinyBERT stage, the cached fine-tuned MiniLM-L6 as the task teacher. ``_gd`` cells start from the
 general student, the others from the student option's own initialisation (``tinybert_4L``: random; ``4L``:
-teacher layers 1, 2, 4, 5 of the pretrained model, ``init=skip``). ``tags`` names the row. A ``_gd`` cell needs its general cell finished first. The report gives each row's difference from the same
+teacher layers 1, 2, 4, 5 of the pretrained model, ``init=skip``). ``tags`` names the row. A ``_gd`` cell needs its general cell's ``student/`` folder under ``outputs/``, which is not
+kept: on a new machine, re-run the general command above into ``outputs/experiments/general_distill/general_<student>``
+first (it is deterministic here: the re-run's held-out loss matched the kept cell's to 7 digits). The report gives each row's difference from the same
 student without general distillation (``vs_tinybert_4L/``, ``vs_4L/``).
 """
 
