@@ -347,10 +347,12 @@ def _own_shapes(module: nn.Module) -> tuple:
 
 def _replacements(model: PreTrainedModel, fresh: PreTrainedModel) -> dict[str, dict]:
     """Outermost modules whose type or own shapes differ from the fresh model's (or that it lacks); inside a
-    wrapping kind, the children it kept from the module it wraps are compared like the rest of the model."""
+    wrapping kind, the children it kept from the module it wraps are compared like the rest of the model; inside
+    any other kind, its children are compared with those its spec builds (a later technique may have replaced one,
+    e.g. the int8 table inside a factorized embedding), and those that differ are replacements of their own."""
     fresh_modules = dict(fresh.named_modules())
     found: dict[str, dict] = {}
-    covered: list[str] = []  # subtrees a replacement builds itself
+    covered: list[str] = []  # the children a wrapping kind adds: its build makes them
     for path, module in model.named_modules():  # each module once: aliases are recorded as sharing
         if any(_within(path, c) for c in covered):
             continue
@@ -375,11 +377,13 @@ def _replacements(model: PreTrainedModel, fresh: PreTrainedModel) -> dict[str, d
             raise ConfigError("artifact.module", path, f"a module of the config-built model for the wrapping kind {kind!r} "
                               "to be built around")
         found[path] = {"kind": kind, "module": entry.module, "spec": entry.spec(module)}
+        prefix = f"{path}." if path else ""
         if entry.wraps:
-            prefix = f"{path}." if path else ""
             covered += [prefix + name for name in module._modules if prefix + name not in fresh_modules]
         else:
-            covered.append(path)
+            with torch.device("meta"):
+                built = entry.build(found[path]["spec"])
+            fresh_modules.update({prefix + name: m for name, m in built.named_modules() if name})
     return found
 
 
@@ -550,9 +554,9 @@ def _rebuild(
     device: str | None = None,
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """The config-built model with the manifest applied: replacements first (outermost modules, nested only
-    inside the children a wrapping kind kept, which exist by the time the inner ones are set), then sharing
-    (canonical paths exist by then, also inside rebuilt modules)."""
+    """The config-built model with the manifest applied: replacements first, outer before inner (a nested one
+    is set inside the module its outer replacement built, or inside the children a wrapping kind kept), then
+    sharing (canonical paths exist by then, also inside rebuilt modules)."""
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with torch.device(device or "cpu"):
         model = AutoModelForSequenceClassification.from_config(config, **kwargs)

@@ -99,3 +99,30 @@ def test_a_factorized_embedding_at_full_rank_is_the_table_and_shrinks_below_it(t
         logits = tiny_bert(**model_inputs(tiny_batch)).logits
         reloaded = load_student(save_student(tiny_bert, tmp_path / "s"))(**model_inputs(tiny_batch)).logits
     torch.testing.assert_close(reloaded, logits)
+
+
+def test_a_factorized_embedding_whose_table_a_later_stage_made_int8_saves_and_reloads_exactly(tiny_bert, tiny_batch,
+                                                                                                 tmp_path):
+    """factorize -> quantize: the int8 table inside the factorized embedding is a nested replacement of its own,
+    so the artifact reloads to the same logits and stores the table as int8 rows."""
+    import json
+
+    from pathlib import Path
+
+    from slimnlp.artifacts import MANIFEST_NAME, load_student, save_student
+    from slimnlp.modules.factorized import FactorizedEmbedding
+    from slimnlp.modules.quantization import QuantizedEmbedding
+
+    table = tiny_bert.bert.embeddings.word_embeddings
+    factorized = FactorizedEmbedding.from_embedding(table, weight_spectrum(table.weight), 8)
+    factorized.table = QuantizedEmbedding.from_embedding(factorized.table)
+    tiny_bert.bert.embeddings.word_embeddings = factorized
+    assert factorized.weight.shape == table.weight.shape  # the V x H view reads the int8 rows
+    with torch.no_grad():
+        logits = tiny_bert(**model_inputs(tiny_batch)).logits
+        folder = save_student(tiny_bert, tmp_path / "s")
+        reloaded = load_student(folder)
+        torch.testing.assert_close(reloaded(**model_inputs(tiny_batch)).logits, logits)
+    assert isinstance(reloaded.bert.embeddings.word_embeddings.table, QuantizedEmbedding)
+    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    assert {e["kind"] for e in manifest["replacements"].values()} >= {"factorized_embedding", "quantized_embedding"}

@@ -104,8 +104,10 @@ class FactorizedEmbedding(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        """The ``V × H`` table this factorization stands for (for code that reads ``word_embeddings.weight``)."""
-        return self.projection(self.table.weight)
+        """The ``V × H`` table this factorization stands for (for code that reads ``word_embeddings.weight``); a
+        table quantized by a later technique is read through its ``dense_weight``."""
+        dense = getattr(self.table, "dense_weight", None)
+        return self.projection(dense() if dense is not None else self.table.weight)
 
     def extra_repr(self) -> str:
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, rank={self.rank}"
