@@ -106,7 +106,6 @@ def test_a_factorized_embedding_whose_table_a_later_stage_made_int8_saves_and_re
     """factorize -> quantize: the int8 table inside the factorized embedding is a nested replacement of its own,
     so the artifact reloads to the same logits and stores the table as int8 rows."""
     import json
-
     from pathlib import Path
 
     from slimnlp.artifacts import MANIFEST_NAME, load_student, save_student
