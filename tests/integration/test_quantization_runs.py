@@ -14,7 +14,7 @@ from slimnlp.artifacts import WEIGHTS_NAME, load_student
 from slimnlp.errors import ConfigError
 from slimnlp.modules.binary import BinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
-from slimnlp.modules.quantization import QuantizedLinear
+from slimnlp.modules.quantization import QuantizedEmbedding, QuantizedLinear, unpack
 
 ENCODER_LINEARS = 4 * 6  # the tiny teacher's 4 layers: Q, K, V, attention output, FFN in and out
 
@@ -126,6 +126,25 @@ def test_ternary_stores_twn_codes_two_bits_each(tiny_setup):
     assert stored * 14 <= fp32
     m = results["metrics"]
     assert m["test/acc"] > 0.4
+
+
+def test_ternary_with_embeddings_trains_the_word_table_ternary_as_the_papers_2_2_8(tiny_setup):
+    results = run_tiny(tiny_setup, "ternary_emb", "technique=ternary", "technique.targets=[encoder,embeddings]",
+                       "student=4L", "student.init_from=finetuned", "trainer.max_epochs=2")
+    m = results["metrics"]
+    model = load_student(tiny_setup[0] / "outputs" / "runs" / "ternary_emb" / "student")
+    tables = {path.rsplit(".", 1)[-1]: mod for path, mod in model.named_modules() if isinstance(mod, QuantizedEmbedding)}
+    assert {name: t.bits for name, t in tables.items()} == {
+        "word_embeddings": 2, "position_embeddings": 8, "token_type_embeddings": 8}
+    word = tables["word_embeddings"]
+    assert set(unpack(word.codes, 2, word.embedding_dim).unique().tolist()) <= {-1, 0, 1}
+    assert word.scale.shape == (word.num_embeddings, 1)  # one alpha per row (TWN, row-wise)
+    assert m["compress/ternary_embeddings"] == 1 and m["compress/quantized_embeddings"] == 3
+    # The tiny model is mostly its word table: at 2 bits + a scale per row the artifact is under half the teacher's.
+    assert m["eff/disk_bytes"] < 0.5 * m["teacher/eff/disk_bytes"]
+    assert m["test/acc"] > 0.4
+    a, b = reloaded_logits(tiny_setup[0] / "outputs" / "runs" / "ternary_emb" / "student")
+    assert torch.equal(a, b)
 
 
 def binary_layers(student_dir) -> list[BinaryLinear]:

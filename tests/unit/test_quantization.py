@@ -13,6 +13,8 @@ from slimnlp.models.structure import prunable_modules
 from slimnlp.models.surgery import replace_module
 from slimnlp.modules.quantization import (
     FakeQuantLinear,
+    FakeTernaryEmbedding,
+    QuantizedEmbedding,
     QuantizedLinear,
     code_range,
     dequantize,
@@ -118,6 +120,52 @@ def test_twn_keeps_the_large_weights_with_their_mean_magnitude():
     delta = 0.7 * w.abs().mean()
     assert codes.tolist() == (torch.sign(w) * (w.abs() > delta)).tolist()
     assert float(alpha) == pytest.approx(float(w.abs()[w.abs() > delta].mean()))
+
+
+def test_row_wise_twn_has_one_threshold_and_alpha_per_row_as_ternarybert_embeddings():
+    w = torch.tensor([[0.1, -0.9, 0.0, 0.5], [-0.05, 0.2, -0.6, 0.02], [0.0, 0.0, 0.0, 0.0]])
+    codes, alpha = twn_ternarize(w, per_row=True)
+    assert alpha.shape == (3, 1)
+    for row in range(2):  # the reference's TwnQuantizer(layerwise=False): Δ = 0.7·mean|w_r|, α = mean kept |w_r|
+        kept = w[row].abs() > 0.7 * w[row].abs().mean()
+        assert codes[row].tolist() == (torch.sign(w[row]) * kept).tolist()
+        assert float(alpha[row]) == pytest.approx(float(w[row].abs()[kept].mean()))
+    assert codes[2].abs().sum() == 0 and torch.isfinite(alpha).all()  # an all-zero row (padding) stays zero
+
+
+def test_a_ternary_embedding_trains_its_table_and_exports_the_rows_it_computed():
+    table = nn.Embedding(50, 12, padding_idx=0)
+    fake = FakeTernaryEmbedding.from_embedding(table)
+    assert fake.weight is table.weight
+    ids = torch.tensor([[3, 7, 0], [7, 49, 3]])
+    out = fake(ids)
+    codes, alpha = twn_ternarize(table.weight, per_row=True)
+    assert torch.equal(out, (codes.float() * alpha)[ids])  # looked-up rows ternarized = the whole table's rows
+    out.pow(2).sum().backward()  # straight-through: the gradient reaches the latent rows that were looked up
+    grad_rows = table.weight.grad.abs().sum(dim=1)
+    assert bool(grad_rows[[3, 7, 49]].gt(0).all()) and float(grad_rows[[1, 2, 0]].sum()) == 0.0
+    exported = fake.export()
+    assert exported.bits == 2 and exported.stored_bytes() == 50 * 3 + 50 * 4  # 12 codes in 3 bytes + α per row
+    with torch.no_grad():
+        assert torch.equal(exported(ids), out)
+
+
+@pytest.mark.parametrize("bits", [8, 2])
+def test_a_quantized_table_saves_its_codes_and_reloads_to_the_same_lookups(tmp_path, bits):
+    model = tiny_bert()
+    word = model.bert.embeddings.word_embeddings
+    table = QuantizedEmbedding.from_embedding(word) if bits == 8 else FakeTernaryEmbedding.from_embedding(word).export()
+    replace_module(model, "bert.embeddings.word_embeddings", table)
+    ids = torch.randint(0, 200, (3, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    folder = save_student(model, tmp_path / "q")
+    from safetensors.torch import load_file
+
+    codes = load_file(str(folder / WEIGHTS_NAME))["bert.embeddings.word_embeddings.codes"]
+    assert codes.numel() * codes.element_size() * 32 == 4 * 200 * 32 * bits  # bits per weight exactly
+    with torch.no_grad():
+        assert torch.equal(load_student(folder)(input_ids=ids).logits, before)
 
 
 def test_fake_quant_linear_trains_the_wrapped_parameters():

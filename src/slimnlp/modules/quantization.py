@@ -104,20 +104,29 @@ def fake_quantize(x: Tensor, scale: Tensor, bits: int) -> Tensor:
     return _RoundSTE.apply(x, scale, qmin, qmax)
 
 
-def twn_ternarize(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """TWN codes in {−1, 0, 1} (int8) and the scale α (a [1, 1] tensor) of a whole matrix: entries with
-    ``|w| > Δ = 0.7·mean|w|`` keep their sign, α is their mean magnitude (Li et al. 2016)."""
+def twn_ternarize(weight: Tensor, per_row: bool = False) -> tuple[Tensor, Tensor]:
+    """TWN codes in {−1, 0, 1} (int8) and the scale α: entries with ``|w| > Δ = 0.7·mean|w|`` keep their sign, α
+    is their mean magnitude (Li et al. 2016). One Δ and α for the whole matrix (a [1, 1] α, TernaryBERT's
+    Linears), or with ``per_row`` one per row along the last dimension (α of shape [..., 1]: TernaryBERT's word
+    embeddings, ``TwnQuantizer`` with ``layerwise=False``). A row with nothing above Δ (all zeros) gets α = max|w|."""
     w = weight.detach().float()
-    delta = TWN_THRESHOLD * w.abs().mean()
-    kept = w.abs() > delta
-    alpha = w.abs()[kept].mean() if bool(kept.any()) else w.abs().max()
-    codes = (torch.sign(w) * kept).to(torch.int8)
-    return codes, alpha.reshape(1, 1).clamp_min(torch.finfo(torch.float32).smallest_normal)
+    tiny = torch.finfo(torch.float32).smallest_normal
+    if not per_row:
+        delta = TWN_THRESHOLD * w.abs().mean()
+        kept = w.abs() > delta
+        alpha = w.abs()[kept].mean() if bool(kept.any()) else w.abs().max()
+        return (torch.sign(w) * kept).to(torch.int8), alpha.reshape(1, 1).clamp_min(tiny)
+    magnitude = w.abs()
+    kept = magnitude > TWN_THRESHOLD * magnitude.mean(dim=-1, keepdim=True)
+    count = kept.sum(dim=-1, keepdim=True)
+    alpha = torch.where(count > 0, (magnitude * kept).sum(dim=-1, keepdim=True) / count.clamp_min(1),
+                        magnitude.amax(dim=-1, keepdim=True))
+    return (torch.sign(w) * kept).to(torch.int8), alpha.clamp_min(tiny)
 
 
-def fake_ternarize(weight: Tensor) -> Tensor:
+def fake_ternarize(weight: Tensor, per_row: bool = False) -> Tensor:
     """TWN ternarization with the straight-through estimator (TernaryBERT's forward; gradient unchanged)."""
-    codes, alpha = twn_ternarize(weight)
+    codes, alpha = twn_ternarize(weight, per_row)
     return weight + (codes.float() * alpha - weight).detach()
 
 
@@ -327,38 +336,84 @@ class QuantizedLinear(nn.Module):
 
 @register_module_kind("quantized_embedding")
 class QuantizedEmbedding(nn.Module):
-    """An embedding table as int8 rows with one fp32 scale per row (symmetric, per row as for weights); a lookup
-    gathers the int8 rows and scales them, so the table stays int8 in memory as on disk."""
+    """An embedding table as integer rows with one fp32 scale per row: 8-bit symmetric codes (``bits=8``, the
+    ``embeddings`` target of every quantization technique) or TWN-ternary codes packed four to a byte
+    (``bits=2``, TernaryBERT's word embeddings). A lookup gathers the coded rows and decodes only those, so the
+    table stays as small in memory as on disk."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, bits: int = 8) -> None:
         super().__init__()
+        if bits not in (8, 2):
+            raise ValueError(f"bits must be 8 or 2 (ternary), got {bits!r}")
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
-        self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.bits = bits
+        width, dtype = (embedding_dim, torch.int8) if bits == 8 else (packed_width(embedding_dim, bits), torch.uint8)
+        self.register_buffer("codes", torch.zeros(num_embeddings, width, dtype=dtype))
         self.register_buffer("scale", torch.ones(num_embeddings, 1))
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, padding_idx: int | None = None, bits: int = 8) -> QuantizedEmbedding:
+        """From int8 codes [rows, dim] and one scale per row (packed here when ``bits`` is 2)."""
+        q = cls(codes.shape[0], codes.shape[1], padding_idx, bits)
+        with torch.no_grad():
+            q.codes.copy_(codes if bits == 8 else pack(codes.cpu(), bits))
+            q.scale.copy_(scale.reshape(q.scale.shape))
+        return q
 
     @classmethod
     @torch.no_grad()
     def from_embedding(cls, embedding: nn.Embedding) -> QuantizedEmbedding:
-        q = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
+        """8-bit rows of a float table (weight-only, round to nearest)."""
         scale = symmetric_scale(embedding.weight, 8, "per_channel")
-        q.codes.copy_(quantize(embedding.weight, scale, 8))
-        q.scale.copy_(scale)
-        return q
+        return cls.from_codes(quantize(embedding.weight, scale, 8), scale, embedding.padding_idx)
 
     def artifact_spec(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "padding_idx": self.padding_idx}
+                "padding_idx": self.padding_idx, "bits": self.bits}
 
     @classmethod
     def from_artifact_spec(cls, spec: dict) -> QuantizedEmbedding:
-        return cls(int(spec["num_embeddings"]), int(spec["embedding_dim"]), spec.get("padding_idx"))
+        return cls(int(spec["num_embeddings"]), int(spec["embedding_dim"]), spec.get("padding_idx"),
+                   int(spec.get("bits", 8)))  # artifacts saved before ternary tables were int8
 
     @property
     def num_weights(self) -> int:
         return self.num_embeddings * self.embedding_dim
 
+    def stored_bytes(self) -> int:
+        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * self.scale.element_size()
+
+    def _decode(self, codes: Tensor) -> Tensor:
+        return codes if self.bits == 8 else unpack(codes, self.bits, self.embedding_dim)
+
     def dense_weight(self) -> Tensor:
-        return dequantize(self.codes, self.scale)
+        return dequantize(self._decode(self.codes), self.scale)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.codes).float() * F.embedding(ids, self.scale)
+        rows = self._decode(F.embedding(ids.reshape(-1), self.codes)).float() * F.embedding(ids.reshape(-1), self.scale)
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}"
+
+
+class FakeTernaryEmbedding(nn.Embedding):
+    """An embedding table trained through row-wise TWN ternarization with the straight-through estimator, as
+    TernaryBERT's ``QuantizeEmbedding`` trains the word embeddings (``TwnQuantizer``, ``layerwise=False``). TWN is
+    row-wise, so only the looked-up rows are ternarized: the same output and gradient as ternarizing the whole
+    table, at the cost of the batch's rows. ``export`` gives the 2-bit ``QuantizedEmbedding``."""
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> FakeTernaryEmbedding:
+        fake = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx,
+                   device="meta")  # no second table: the wrapped Parameter below is the one trained
+        fake.weight = embedding.weight
+        return fake
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return fake_ternarize(super().forward(ids), per_row=True)
+
+    @torch.no_grad()
+    def export(self) -> QuantizedEmbedding:
+        codes, alpha = twn_ternarize(self.weight, per_row=True)
+        return QuantizedEmbedding.from_codes(codes, alpha, self.padding_idx, bits=2)

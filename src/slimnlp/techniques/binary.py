@@ -42,7 +42,7 @@ from slimnlp.errors import ConfigError
 from slimnlp.modules.binary import BinaryLinear, SplitBinaryLinear
 from slimnlp.modules.quantization import FakeQuantLinear
 from slimnlp.techniques.base import OptimizerFactory, Requirements, Stage, TaskInfo
-from slimnlp.techniques.quantization import int8_embeddings, replace_all, target_linears
+from slimnlp.techniques.quantization import quantized_embeddings, replace_all, target_linears
 from slimnlp.techniques.ternary import TernaryBERT
 
 PHASES = ("both", "binary")  # the user's choice; "ternary" is set by the stages
@@ -50,6 +50,8 @@ KD = ("two_stage", "joint", "intermediate", "prediction")  # intermediate/predic
 
 
 class BinaryBERT(TernaryBERT):
+    ternary_word_embeddings = False  # the tables stay float through both phases (module docstring's deviations)
+
     def __init__(self, student: PreTrainedModel, task: TaskInfo, teacher: PreTrainedModel | None = None,
                  optimizer: OptimizerFactory | None = None, lr_scheduler: dict | None = None,
                  phase: str = "both", kd: str = "two_stage", split: bool = True, ternary_epochs: int | None = 2,
@@ -144,7 +146,7 @@ class BinaryBERT(TernaryBERT):
             return replace_all(model, {p: _plain_linear(model.get_submodule(p)) for p in self.quantized})
         if self.kd == "intermediate":
             return model
-        tables = int8_embeddings(model, self.targets)
+        tables = quantized_embeddings(model, self.targets)
         replace_all(model, {p: BinaryLinear.from_split(model.get_submodule(p)) for p in self.quantized} | tables)
         self.exported = model
         return model

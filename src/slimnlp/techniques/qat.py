@@ -41,7 +41,7 @@ from slimnlp.techniques.quantization import (
     DistilledQuantization,
     check_group_size,
     check_targets,
-    int8_embeddings,
+    quantized_embeddings,
     replace_all,
     target_linears,
 )
@@ -136,7 +136,7 @@ class QuantizationAwareTraining(DistilledQuantization):
     @torch.no_grad()
     def export_student(self) -> nn.Module:
         model = copy.deepcopy(self.student).cpu()
-        tables = int8_embeddings(model, self.targets)  # weight-only int8 after training (module docstring)
+        tables = quantized_embeddings(model, self.targets)  # weight-only int8 after training (module docstring)
         replace_all(model, {p: self.integer_linear(model.get_submodule(p)) for p in self.quantized} | tables)
         self.exported = model
         return model

@@ -4,8 +4,9 @@ loss of quantization-aware training, and the ``compress/*`` figures of the integ
 Quantized Linears are replaced by ``slimnlp.modules.quantization.QuantizedLinear`` (integer codes and scales,
 saved as such), so ``eff/disk_bytes`` is the bytes of the integer artifact and ``load_student`` gives back the
 same integer model. LayerNorms stay fp32; so do the embedding tables unless ``targets`` names ``embeddings``:
-then they become int8 with one scale per row (``QuantizedEmbedding``, weight-only, after any training), which
-matters for small encoders, whose embeddings are half their bytes (MiniLM-L6: 47.7 of 91.6 MB).
+then they become int8 with one scale per row (``QuantizedEmbedding``, weight-only, after any training; TernaryBERT
+trains its word table ternary instead), which matters for small encoders, whose embeddings are half their bytes
+(MiniLM-L6: 47.7 of 91.6 MB).
 
 Distillation (``distill``) follows TernaryBERT's ``quant_task_glue.py`` (Zhang et al. 2020): the soft cross
 entropy to the full-precision teacher's logits plus, with ``intermediate_weight`` > 0, the MSE between every
@@ -32,7 +33,12 @@ from slimnlp.models.structure import prunable_modules
 from slimnlp.models.surgery import replace_module
 from slimnlp.modules.binary import BinaryLinear, SplitBinaryLinear
 from slimnlp.modules.codebook import CodebookLinear
-from slimnlp.modules.quantization import FakeQuantLinear, QuantizedEmbedding, QuantizedLinear
+from slimnlp.modules.quantization import (
+    FakeQuantLinear,
+    FakeTernaryEmbedding,
+    QuantizedEmbedding,
+    QuantizedLinear,
+)
 from slimnlp.techniques.base import ModelConfigs, Requirements, Technique
 from slimnlp.techniques.kd import check_kd_weights
 
@@ -49,8 +55,8 @@ def quantized_paths(model: nn.Module) -> list[str]:
     """Paths of the modules that already hold quantized or fake-quantized weights."""
     from torchao.quantization.qat import FakeQuantizedLinear
 
-    kinds = (QuantizedLinear, QuantizedEmbedding, FakeQuantLinear, CodebookLinear, FakeQuantizedLinear,
-             BinaryLinear, SplitBinaryLinear)
+    kinds = (QuantizedLinear, QuantizedEmbedding, FakeQuantLinear, FakeTernaryEmbedding, CodebookLinear,
+             FakeQuantizedLinear, BinaryLinear, SplitBinaryLinear)
     return [path for path, module in model.named_modules() if isinstance(module, kinds)]
 
 
@@ -67,12 +73,14 @@ def target_linears(model: nn.Module, targets: Sequence[str]) -> list[tuple[str, 
     return [(path, m) for path, m in prunable_modules(model, targets) if isinstance(m, nn.Linear)]
 
 
-def int8_embeddings(model: nn.Module, targets: Sequence[str]) -> dict[str, QuantizedEmbedding]:
-    """The embedding tables as int8 rows, when ``targets`` names ``embeddings`` (else nothing)."""
+def quantized_embeddings(model: nn.Module, targets: Sequence[str]) -> dict[str, QuantizedEmbedding]:
+    """The embedding tables as integer rows, when ``targets`` names ``embeddings`` (else nothing): a table trained
+    ternary (``FakeTernaryEmbedding``, TernaryBERT's word embeddings) as its 2-bit codes, any other as int8 rows
+    rounded after training."""
     if "embeddings" not in targets:
         return {}
-    return {path: QuantizedEmbedding.from_embedding(m) for path, m in prunable_modules(model, ["embeddings"])
-            if isinstance(m, nn.Embedding)}
+    return {path: m.export() if isinstance(m, FakeTernaryEmbedding) else QuantizedEmbedding.from_embedding(m)
+            for path, m in prunable_modules(model, ["embeddings"]) if isinstance(m, nn.Embedding)}
 
 
 def quantization_metrics(model: nn.Module) -> dict[str, float]:
@@ -80,13 +88,15 @@ def quantization_metrics(model: nn.Module) -> dict[str, float]:
     fp32."""
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear | BinaryLinear)]
     tables = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
+    counts = {"compress/quantized_embeddings": float(len(tables)),
+              "compress/ternary_embeddings": float(sum(t.bits == 2 for t in tables))}
     if not layers:
-        return {"compress/quantized_layers": 0.0, "compress/quantized_embeddings": float(len(tables))}
+        return {"compress/quantized_layers": 0.0, **counts}
     stored = sum(m.stored_bytes() for m in layers)
     fp32 = sum(4 * m.num_weights for m in layers)
     return {
         "compress/quantized_layers": float(len(layers)),
-        "compress/quantized_embeddings": float(len(tables)),
+        **counts,
         "compress/weight_bits": float(layers[0].bits),
         "compress/quantized_weight_bytes": float(stored),
         "compress/quantized_weight_fp32_bytes": float(fp32),
@@ -127,7 +137,7 @@ class DataFreeQuantization(Technique):
         linears = target_linears(self.student, self.targets)
         self.student.cpu()  # the int8 kernels are CPU kernels
         coded = {path: self.replacement(m) for path, m in linears}
-        tables = int8_embeddings(self.student, self.targets)
+        tables = quantized_embeddings(self.student, self.targets)
         replace_all(self.student, coded | tables)
         log.info("%s: %d Linears and %d embedding tables quantized", type(self).__name__, len(coded), len(tables))
         return {}
