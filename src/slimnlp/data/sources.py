@@ -11,6 +11,8 @@ Packaged corpora are located with ``importlib.util.find_spec`` and read as files
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
 import importlib.util
 import logging
@@ -47,13 +49,27 @@ def package_dir(package: str) -> Path:
 
 
 def file_identity(path: Path) -> str:
-    """Path, size and mtime of a file or of every file under a folder: changes when the data changes."""
+    """A hash of a file's bytes, or of every file's relative name and bytes under a folder: the same data has the
+    same identity wherever it is installed and however often it is reinstalled (so the tokenized cache and the
+    fine-tuned teacher keyed by it carry over), and changed data changes it. Paths and times are not part of it:
+    a reinstall rewrites both. Hashed once per process and file state."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    parts = [str(path.resolve())]
+    digest = hashlib.sha256()
     for f in files:
         stat = f.stat()
-        parts.append(f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "|".join(parts)
+        name = str(f.relative_to(path)) if path.is_dir() else ""
+        digest.update(f"{name}\0{_content_hash(str(f.resolve()), stat.st_size, stat.st_mtime_ns)}\0".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; size and mtime are in the signature only to re-hash a file that changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def build_dataset(
