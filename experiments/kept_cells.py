@@ -7,6 +7,7 @@ over several sessions.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,11 +28,17 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
         shutil.copyfile(run_dir / "results.json", cell)
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` as the report commands name it (they run in the repository): relative, so that a committed report
+    rebuilt on another machine is the same file."""
+    return os.path.relpath(path, REPO)
+
+
 def report(kept: Path, group_by: str, columns: str, baseline: str | None = None, out: Path | None = None) -> None:
     """``python -m slimnlp.report`` over the kept cells, written beside them (or to ``out``); ``baseline``
     (``KEY=VALUE``): the row every row is compared with, default each row's teacher."""
-    command = [sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", group_by,
-               "--columns", columns, "--out", str(out or kept), *(["--baseline", baseline] if baseline else [])]
+    command = [sys.executable, "-m", "slimnlp.report", repo_relative(kept / "cells"), "--group-by", group_by,
+               "--columns", columns, "--out", repo_relative(out or kept), *(["--baseline", baseline] if baseline else [])]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=False)
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kept_cells import REPO
+from kept_cells import REPO, repo_relative
 
 KEPT_ROOT = REPO / "experiments" / "recipe_leaderboard"
 SWEEP_ROOT = REPO / "outputs" / "experiments" / "recipe_leaderboard"
@@ -98,7 +98,8 @@ def describe(results: dict) -> str:
     config, technique = results["config"], results["config"]["technique"]
     keys = {"kd": ["temperature"], "head_pruning": ["head_sparsity", "ffn_sparsity"], "drone": ["rank_ratio"],
             "magnitude_pruning": ["sparsity"], "qat": ["bits", "targets"], "ternary": ["targets"],
-            "embedding_factorization": ["rank"], "ptq_dynamic": ["targets"]}.get(results["technique"], [])
+            "embedding_factorization": ["rank"], "ptq_dynamic": ["targets"], "latency_pruning": ["target_speedup"],
+            "ffn_pruning": ["head_sparsity", "ffn_sparsity"]}.get(results["technique"], [])
     shown = ", ".join(f"{k}={technique[k]:.3g}" if isinstance(technique[k], float)
                       else f"{k}={'+'.join(technique[k])}" if isinstance(technique[k], list) else f"{k}={technique[k]}"
                       for k in keys)
@@ -127,8 +128,9 @@ def main() -> None:
         sweep(args.search, args.study, args.trials, args.steps, args.repeats)
     keep(args.study)
     if (kept / "cells").is_dir():
-        subprocess.run([sys.executable, "-m", "slimnlp.report", str(kept / "cells"), "--group-by", "trial,technique",
-                        "--columns", "val/acc,test/acc,eff/speedup_b32,eff/disk_bytes,eff/flops", "--out", str(kept)],
+        subprocess.run([sys.executable, "-m", "slimnlp.report", repo_relative(kept / "cells"), "--group-by",
+                        "trial,technique", "--columns", "val/acc,test/acc,eff/speedup_b32,eff/disk_bytes,eff/flops",
+                        "--out", repo_relative(kept)],
                        cwd=REPO, check=False)
         from slimnlp.report.study import plot_study
 
