@@ -38,7 +38,7 @@ class MovementPruning(TopKPruning):
         score_lr: float = 1e-2,
         score_init: float = 0.0,
         threshold: float = 0.1,
-        regularization: float = 400.0,
+        regularization: float | None = 400.0,
         **base: Any,
     ) -> None:
         super().__init__(**base)
@@ -48,7 +48,7 @@ class MovementPruning(TopKPruning):
 
     @classmethod
     def validate_hparams(
-        cls, variant: str, score_lr: float, threshold: float, regularization: float, **rest: Any
+        cls, variant: str, score_lr: float, threshold: float, regularization: float | None, **rest: Any
     ) -> None:
         if variant not in VARIANTS:
             raise ConfigError("technique.variant", variant, f"allowed: {', '.join(VARIANTS)}")
@@ -56,7 +56,10 @@ class MovementPruning(TopKPruning):
             raise ConfigError("technique.score_lr", score_lr, "the scores' learning rate must be > 0")
         if not 0.0 < threshold < 1.0:
             raise ConfigError("technique.threshold", threshold, "the final threshold on sigmoid(scores), in (0, 1)")
-        if regularization < 0:
+        if regularization is None and variant == "soft":  # a paper row leaves lambda to the user (it sets sparsity)
+            raise ConfigError("technique.regularization", regularization, "lambda, the final L1 weight (a number >= 0): "
+                              "soft movement needs one, and it decides how many weights are left")
+        if regularization is not None and (isinstance(regularization, bool) or not regularization >= 0):
             raise ConfigError("technique.regularization", regularization, "the final L1 weight, >= 0")
         super().validate_hparams(**rest)
 
