@@ -136,7 +136,7 @@ class QuantizationAwareTraining(DistilledQuantization):
     @torch.no_grad()
     def export_student(self) -> nn.Module:
         model = copy.deepcopy(self.student).cpu()
-        tables = quantized_embeddings(model, self.targets)  # weight-only int8 after training (module docstring)
+        tables = quantized_embeddings(model, self.targets)  # int8 rows after training; a ternary-trained table as 2-bit
         replace_all(model, {p: self.integer_linear(model.get_submodule(p)) for p in self.quantized} | tables)
         self.exported = model
         return model
