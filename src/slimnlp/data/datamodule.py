@@ -55,10 +55,11 @@ def _sha(obj: Any) -> str:
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Class, name_or_path, a hash of the vocabulary and a hash of the tokenizer's settings."""
+    """Class, a hash of the vocabulary and a hash of the tokenizer's settings: what tokenizes, not where it was
+    loaded from (a local ``name_or_path`` is a folder inside the virtual environment, which moves with it)."""
     settings = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _LOCATION_KWARGS}
     vocab = _sha(sorted(tokenizer.get_vocab().items()))[:16]
-    return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{vocab}:{_sha(settings)[:16]}"
+    return f"{type(tokenizer).__name__}:{vocab}:{_sha(settings)[:16]}"
 
 
 def check_positive(key: str, value: Any, optional: bool = False) -> None:
