@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from slimnlp.artifacts import register_module_kind
 from slimnlp.modules.codebook import pack_planes, unpack_planes
 from slimnlp.modules.decoded import DecodedOnce
-from slimnlp.modules.quantization import TWN_THRESHOLD, per_token_fake_quant
+from slimnlp.modules.quantization import TWN_THRESHOLD, per_token_fake_quant, tensor_bytes
 
 
 def bwn_binarize(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -156,7 +156,7 @@ class BinaryLinear(DecodedOnce, _BinaryShape):
         return self.in_features * self.out_features
 
     def stored_bytes(self) -> int:
-        return self.signs.numel() * self.signs.element_size() + self.scale.numel() * self.scale.element_size()
+        return tensor_bytes(self.signs, self.scale)
 
     def dense_weight(self) -> Tensor:
         shape = (self.out_features, self.in_features)

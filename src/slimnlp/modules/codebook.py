@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from slimnlp.artifacts import register_module_kind
 from slimnlp.modules.decoded import DecodedOnce
+from slimnlp.modules.quantization import tensor_bytes
 
 _BIT = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -121,8 +122,7 @@ class CodebookLinear(DecodedOnce):
         return flat.view(self.out_features, self.in_features)
 
     def stored_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in
-                   (self.planes, self.centroids, self.outlier_positions, self.outlier_values))
+        return tensor_bytes(self.planes, self.centroids, self.outlier_positions, self.outlier_values)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.decoded_weight(), self.bias)

@@ -78,6 +78,11 @@ def quantize(weight: Tensor, scale: Tensor, bits: int) -> Tensor:
     return codes.to(torch.int8)
 
 
+def tensor_bytes(*tensors: Tensor) -> int:
+    """Bytes the tensors take as stored: what a coded weight costs on disk (codes, scales, signs …)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def dequantize(codes: Tensor, scale: Tensor) -> Tensor:
     return codes.float() * _expand(scale, codes.shape)
 
@@ -284,7 +289,7 @@ class QuantizedLinear(nn.Module):
 
     def stored_bytes(self) -> int:
         """Bytes of the stored weight: codes and scales."""
-        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * self.scale.element_size()
+        return tensor_bytes(self.codes, self.scale)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._runtime = None  # new codes: the prepared kernel must be rebuilt
@@ -381,7 +386,7 @@ class QuantizedEmbedding(nn.Module):
         return self.num_embeddings * self.embedding_dim
 
     def stored_bytes(self) -> int:
-        return self.codes.numel() * self.codes.element_size() + self.scale.numel() * self.scale.element_size()
+        return tensor_bytes(self.codes, self.scale)
 
     def _decode(self, codes: Tensor) -> Tensor:
         return codes if self.bits == 8 else unpack(codes, self.bits, self.embedding_dim)
