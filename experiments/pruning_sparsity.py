@@ -28,7 +28,6 @@ several sessions; ``--report-only`` rebuilds it from the cells there. The report
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from kept_cells import REPO, report, run_cell
@@ -85,14 +84,11 @@ def main() -> None:
 
 def group_by(kept: Path) -> str:
     """``GROUP_BY`` without the keys no kept cell has yet (magnitude cells have no ``technique.variant``, and the
-    report refuses a key that no run has)."""
-    configs = [json.loads(p.read_text())["config"] for p in kept.glob("cells/*/results.json")]
+    report refuses a key that no run has): the report's own field lookup decides."""
+    from slimnlp.report.collect import MISSING, Run, load_run
 
-    def present(key: str) -> bool:
-        return key == "technique" or any(key.split(".", 1)[1] in c.get("technique", {}) for c in configs)
-
-    return ",".join(key for key in GROUP_BY.split(",") if present(key))
-
+    runs = [run for path in kept.glob("cells/*/results.json") if isinstance(run := load_run(path), Run)]
+    return ",".join(key for key in GROUP_BY.split(",") if any(run.get(key) is not MISSING for run in runs))
 
 if __name__ == "__main__":
     main()
