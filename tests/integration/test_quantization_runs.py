@@ -132,18 +132,22 @@ def test_ternary_with_embeddings_trains_the_word_table_ternary_as_the_papers_2_2
     results = run_tiny(tiny_setup, "ternary_emb", "technique=ternary", "technique.targets=[encoder,embeddings]",
                        "student=4L", "student.init_from=finetuned", "trainer.max_epochs=2")
     m = results["metrics"]
-    model = load_student(tiny_setup[0] / "outputs" / "runs" / "ternary_emb" / "student")
+    student_dir = tiny_setup[0] / "outputs" / "runs" / "ternary_emb" / "student"
+    model = load_student(student_dir)
     tables = {path.rsplit(".", 1)[-1]: mod for path, mod in model.named_modules() if isinstance(mod, QuantizedEmbedding)}
     assert {name: t.bits for name, t in tables.items()} == {
         "word_embeddings": 2, "position_embeddings": 8, "token_type_embeddings": 8}
     word = tables["word_embeddings"]
     assert set(unpack(word.codes, 2, word.embedding_dim).unique().tolist()) <= {-1, 0, 1}
     assert word.scale.shape == (word.num_embeddings, 1)  # one alpha per row (TWN, row-wise)
+    saved = load_file(str(student_dir / WEIGHTS_NAME))  # four codes to a byte: a quarter of an int8 table's bytes
+    codes = next(t for key, t in saved.items() if key.endswith("word_embeddings.codes"))
+    assert codes.dtype == torch.uint8 and codes.numel() == word.num_embeddings * -(-word.embedding_dim // 4)
     assert m["compress/ternary_embeddings"] == 1 and m["compress/quantized_embeddings"] == 3
     # The tiny model is mostly its word table: at 2 bits + a scale per row the artifact is under half the teacher's.
     assert m["eff/disk_bytes"] < 0.5 * m["teacher/eff/disk_bytes"]
     assert m["test/acc"] > 0.4
-    a, b = reloaded_logits(tiny_setup[0] / "outputs" / "runs" / "ternary_emb" / "student")
+    a, b = reloaded_logits(student_dir)
     assert torch.equal(a, b)
 
 
