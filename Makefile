@@ -22,9 +22,11 @@ install: $(VENV)/.installed
 run: install
 	$(OFFLINE) $(PY) train.py $(ARGS)
 
-# Two workers, one test module each at a time (a module shares one tiny teacher); the 20 slowest tests listed.
+# Lint first (seconds; ruff pinned in the dev extra, so a new release's rules cannot fail CI), then two workers,
+# one test module each at a time (a module shares one tiny teacher); the 20 slowest tests listed.
 TEST_WORKERS ?= 2
 test: install
+	$(PY) -m ruff check --quiet .
 	$(OFFLINE) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 clean:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 from functools import partial
 
@@ -85,7 +86,7 @@ def hand_written_steps(student, teacher, batches) -> list[float]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     starts.append(time.perf_counter())
-    return [b - a for a, b in zip(starts, starts[1:])][3:]
+    return [b - a for a, b in itertools.pairwise(starts)][3:]
 
 
 def main() -> None:

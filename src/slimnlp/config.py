@@ -61,7 +61,7 @@ def _unknown_key_error(err: Exception, overrides: list[str]) -> ConfigError:
         cfg = compose_config(rest)
         node = OmegaConf.select(cfg, parent) if parent else cfg
         allowed = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else "none"
-    except Exception:  # the rest is broken too: report the first problem only
+    except Exception:  # noqa: BLE001 - the rest is broken too: report the first problem only
         allowed = "see the config group's YAML"
     where = parent or "the root config"
     return ConfigError(key, bad, allowed, message=f"unknown key '{key}'; keys of {where}: {allowed}")

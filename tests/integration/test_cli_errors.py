@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SLIMNLP_ROOT": str(cwd)}
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 

@@ -11,8 +11,13 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import technique_kwargs
 from slimnlp.errors import ConfigError
-from slimnlp.models.latency_table import (LatencyTable, ffn_grid, measure_latency_table, monotone_savings,
-                                          savings_scale)
+from slimnlp.models.latency_table import (
+    LatencyTable,
+    ffn_grid,
+    measure_latency_table,
+    monotone_savings,
+    savings_scale,
+)
 from slimnlp.techniques.latency_pruning import LatencyTargetPruning, Option, choose_widths, layer_options
 
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from slimnlp.errors import ConfigError
@@ -17,7 +19,7 @@ def test_cubic_follows_zhu_gupta_with_warmup_and_cooldown():
     assert s(50, 100) == pytest.approx(0.9 * (1 - 0.5**3))
     assert s(95, 100) == pytest.approx(0.9)  # cooldown holds the end value
     values = [s(step, 100) for step in range(101)]
-    assert all(b >= a for a, b in zip(values, values[1:]))  # monotone
+    assert all(b >= a for a, b in itertools.pairwise(values))  # monotone
 
 
 @pytest.mark.parametrize("kwargs", [{"warmup": -0.1}, {"cooldown": 1.0}, {"warmup": 0.6, "cooldown": 0.5}])

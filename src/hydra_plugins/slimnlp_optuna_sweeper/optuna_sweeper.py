@@ -87,7 +87,7 @@ class SlimnlpOptunaSweeper(Sweeper):
                          f"trial={trial.number}", *extra]
             try:
                 self.validate_batch_is_legal([overrides])
-            except Exception as err:  # a combination that cannot compose is a failed trial, not a failed sweep
+            except Exception as err:  # noqa: BLE001 - a combination that cannot compose is a failed trial, not a failed sweep
                 tell(study, trial, definition.objectives, JobOutcome(None, err, None), overrides)
                 continue
             launchable.append((trial, overrides))
@@ -135,7 +135,7 @@ def outcome_of(ret: Any) -> JobOutcome:
     """A Hydra JobReturn as a JobOutcome: the job's results (train.py returns them), or what it raised."""
     try:
         results, error = ret.return_value, None
-    except Exception as err:  # JobReturn re-raises the job's exception (optuna.TrialPruned for a pruned trial)
+    except Exception as err:  # noqa: BLE001 - JobReturn re-raises the job's exception (optuna.TrialPruned for a pruned trial)
         results, error = None, err
     results = results if isinstance(results, dict) and results else None
     run_dir = (results or {}).get("run_dir")

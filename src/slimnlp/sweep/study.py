@@ -126,7 +126,7 @@ def _storage(url: str, heartbeat_s: int | None, attempts: int = 5) -> RDBStorage
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
-        except Exception as err:  # SQLAlchemy's URL and driver errors are several lines
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL and driver errors are several lines
             raise ConfigError("hparams_search.storage", url,
                               f"a reachable SQLAlchemy URL ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     raise AssertionError("unreachable")
@@ -149,7 +149,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat:  # noqa: PYI034 - typing.Self needs Python 3.11
         if self.interval and hasattr(self.storage, "record_heartbeat"):
             self._beat()
             self._thread = threading.Thread(target=self._run, daemon=True, name="optuna-heartbeat")
