@@ -6,7 +6,11 @@ Every cell is ``python train.py technique=<t> student=<s> seed=<seed> <BUDGET>``
 the same 2,000 validation and test tweets, the same cached fine-tuned MiniLM-L6 teacher, the same optimizer and
 **the same number of student optimizer steps**, ``trainer.max_steps=250`` (one epoch of the 8,000 tweets at batch
 32). Two-stage techniques (TinyBERT) split the 250 steps between their stages (``slimnlp.budget``: half each);
-BERT-of-Theseus replaces modules and fine-tunes the successors within its one run. Each technique keeps its own
+BERT-of-Theseus replaces modules and fine-tunes the successors within its one run, by the same rule: its linear
+replacement rate reaches p = 1 at half the budget (``scheduler_linear_k=0.0056``: 0.3 + 125 k = 1), the second half
+successor-only. The reference's slope, 0.0006, reaches p = 1 only after 1,167 steps (about two thirds of its
+15-epoch MRPC run); at 250 steps it ends at p = 0.45, the successors never train alone, and the exported 2-layer
+student predicted the majority class on every tweet (test 0.4125, seed 0: ``reference_slope/theseus_2L_s0``). Each technique keeps its own
 recipe otherwise (its paper's loss weights, stage LRs and student initialisation: ``student.init`` follows the
 technique, e.g. PKD's first layers). MetaDistil quizzes on the validation split (``quiz_source=validation``) so
 its student trains on the same 8,000 tweets as the others, one quiz batch per step (``quiz_batches=1``, the
@@ -26,7 +30,7 @@ BUDGET = ["data.max_train_samples=8000", "trainer.max_steps=250", "measure.runti
           "eval.robustness.attacks=[]", "energy.enabled=false", "trainer.enable_progress_bar=false"]
 TECHNIQUES = {  # technique -> its overrides in this table
     "finetune": [], "kd": [], "pkd": [], "distilbert": [], "minilm": [], "minilm_v2": [], "tinybert": [],
-    "theseus": [], "multi_teacher": [], "mixkd": [],
+    "theseus": ["technique.scheduler_linear_k=0.0056"], "multi_teacher": [], "mixkd": [],
     "meta_kd": ["technique.quiz_source=validation", "technique.quiz_batches=1"],
 }
 STUDENTS = ("4L", "2L")
