@@ -1,7 +1,8 @@
 """Rows of the report: one per configuration (its seeds pooled), one per teacher, one per paper number.
 
 A configuration is everything a run's config says except the seed and where the run lived: ``seed``,
-``paths.*``, ``hydra.*``, ``resume``, ``logger.*``, ``tags``, ``trainer.enable_progress_bar``, and any string
+``paths.*``, ``hydra.*``, ``resume``, ``logger.*``, ``tags``, ``trainer.enable_progress_bar``, ``trial`` (a
+sweep's trial number: null outside sweeps, absent from configs older than the key), and any string
 value inside the folders slimnlp writes to (the run folder, ``paths.output_root``, the caches; e.g. the
 checkpoint callback's ``dirpath``, ``trainer.default_root_dir``). Runs whose configurations agree form one
 row, so the row's spread is seed noise and nothing else.
@@ -27,7 +28,7 @@ from slimnlp.report.collect import MISSING, Run, lookup
 from slimnlp.report.elue import EluePoint
 from slimnlp.report.stats import Difference, Summary, summarize
 
-LOCATION_KEYS = ("seed", "paths", "hydra", "resume", "logger", "tags", "trainer.enable_progress_bar")
+LOCATION_KEYS = ("seed", "paths", "hydra", "resume", "logger", "tags", "trainer.enable_progress_bar", "trial")
 WRITE_DIRS = ("output_dir", "runs_dir", "cache_dir", "teachers_dir", "output_root")
 MAX_LABEL_KEYS = 3  # differing keys named in a label; the rest in the report's notes
 ABSENT = "<absent>"
