@@ -8,18 +8,19 @@ the same 2,000 validation and test tweets, the same cached fine-tuned MiniLM-L6 
 32). Two-stage techniques (TinyBERT) split the 250 steps between their stages (``slimnlp.budget``: half each);
 BERT-of-Theseus replaces modules and fine-tunes the successors within its one run, by the same rule: its linear
 replacement rate reaches p = 1 at half the budget (``scheduler_linear_k=0.0056``: 0.3 + 125 k = 1), the second half
-successor-only. The reference's slope, 0.0006, reaches p = 1 only after 1,167 steps (about two thirds of its
-15-epoch MRPC run); at 250 steps it ends at p = 0.45, the successors never train alone, and the exported 2-layer
-student predicted the majority class on every tweet (test 0.4125, seed 0: ``reference_slope/theseus_2L_s0``). Each technique keeps its own
-recipe otherwise (its paper's loss weights, stage LRs and student initialisation: ``student.init`` follows the
-technique, e.g. PKD's first layers). MetaDistil quizzes on the validation split (``quiz_source=validation``) so
-its student trains on the same 8,000 tweets as the others, one quiz batch per step (``quiz_batches=1``, the
-released ``--num_held_batches 1``; the whole quiz set every step would cost 60× a kd step here).
+successor-only. The reference README's slope, 0.0006, reaches p = 1 only after 1,167 steps; at 250 steps it ends at
+p = 0.45, the successors never train alone, and the exported 2-layer student predicted the majority class on every
+tweet (test 0.4125, seed 0: ``reference_slope/theseus_2L_s0``). Each technique keeps its own recipe otherwise (its
+paper's loss weights, stage LRs and student initialisation: ``student.init`` follows the technique, e.g. PKD's
+first layers). MetaDistil quizzes on the validation split (``quiz_source=validation``) so its student trains on the
+same 8,000 tweets as the others, one quiz batch per step (``quiz_batches=1``, the released ``--num_held_batches
+1``; the whole quiz set every step would cost 60× a kd step here).
 
 The 4-layer student cannot run Theseus (6 teacher layers do not split into 4 blocks): that cell is refused in
 one line and left out. Seeds 0, 1, 2. The report gives mean ± std per technique and student, and each row's
 difference from ``kd``, from ``finetune`` and from ``pkd`` (TinyBERT's paper compares with PKD) with a 95%
-interval (``experiments/distillation_budget/vs_kd``, ``.../vs_finetune``, ``.../vs_pkd``). Each finished cell's ``results.json`` is kept in ``experiments/distillation_budget/cells``.
+interval (``experiments/distillation_budget/vs_kd``, ``.../vs_finetune``, ``.../vs_pkd``). Each finished cell's
+``results.json`` is kept in ``experiments/distillation_budget/cells``.
 """
 
 from __future__ import annotations
