@@ -19,10 +19,12 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 
 from slimnlp.errors import ConfigError
+from slimnlp.results import BOOKKEEPING_KEYS
 
 CONFIG_NAME = "train"
-# Keys that never change what a run computes: excluded from the config hash used to match resumes.
-VOLATILE_KEYS = ("resume", "paths", "hydra", "logger", "tags", "callbacks", "trial", "hparams_search", "pipeline", "paper")
+# Keys excluded from the config hash used to match resumes: the bookkeeping keys, and the callbacks and the groups
+# that only compose others (a resume may change them).
+VOLATILE_KEYS = (*BOOKKEEPING_KEYS, "callbacks", "hparams_search", "pipeline", "paper")
 
 
 def config_dir() -> Path:

@@ -17,6 +17,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"  # left in the folder of a multirun job that failed (error and traceback)
+# Config keys that say where and how a run was kept, never what it computed: the resume hash
+# (``config.VOLATILE_KEYS``) and the report's pooling of seeds (``report.rows.LOCATION_KEYS``) both ignore them.
+BOOKKEEPING_KEYS = ("resume", "paths", "hydra", "logger", "tags", "trial")
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

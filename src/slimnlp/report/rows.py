@@ -27,8 +27,9 @@ from typing import Any
 from slimnlp.report.collect import MISSING, Run, lookup
 from slimnlp.report.elue import EluePoint
 from slimnlp.report.stats import Difference, Summary, summarize
+from slimnlp.results import BOOKKEEPING_KEYS
 
-LOCATION_KEYS = ("seed", "paths", "hydra", "resume", "logger", "tags", "trainer.enable_progress_bar", "trial")
+LOCATION_KEYS = ("seed", *BOOKKEEPING_KEYS, "trainer.enable_progress_bar")
 WRITE_DIRS = ("output_dir", "runs_dir", "cache_dir", "teachers_dir", "output_root")
 MAX_LABEL_KEYS = 3  # differing keys named in a label; the rest in the report's notes
 ABSENT = "<absent>"
