@@ -27,11 +27,18 @@ from __future__ import annotations
 
 from kept_cells import main
 
-BUDGET = ["data.max_train_samples=8000", "trainer.max_steps=250", "measure.runtimes=[torch]",
+from slimnlp.budget import split_steps
+
+STEPS = 250  # student optimizer steps of every cell
+BUDGET = ["data.max_train_samples=8000", f"trainer.max_steps={STEPS}", "measure.runtimes=[torch]",
           "eval.robustness.attacks=[]", "energy.enabled=false", "trainer.enable_progress_bar=false"]
+THESEUS_BASE_RATE = 0.3  # technique.replacing_rate (the reference's b)
+# The slope that takes p from b to 1 in the first half of the budget, the half TinyBERT's first stage gets.
+THESEUS_SLOPE = (1 - THESEUS_BASE_RATE) / split_steps(STEPS, [0.5, 0.5])[0]
 TECHNIQUES = {  # technique -> its overrides in this table
     "finetune": [], "kd": [], "pkd": [], "distilbert": [], "minilm": [], "minilm_v2": [], "tinybert": [],
-    "theseus": ["technique.scheduler_linear_k=0.0056"], "multi_teacher": [], "mixkd": [],
+    "theseus": [f"technique.replacing_rate={THESEUS_BASE_RATE}", f"technique.scheduler_linear_k={THESEUS_SLOPE:g}"],
+    "multi_teacher": [], "mixkd": [],
     "meta_kd": ["technique.quiz_source=validation", "technique.quiz_batches=1"],
 }
 STUDENTS = ("4L", "2L")

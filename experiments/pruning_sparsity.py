@@ -91,5 +91,6 @@ def group_by(kept: Path) -> str:
     runs = [run for path in kept.glob("cells/*/results.json") if isinstance(run := load_run(path), Run)]
     return ",".join(key for key in GROUP_BY.split(",") if any(run.get(key) is not MISSING for run in runs))
 
+
 if __name__ == "__main__":
     main()
