@@ -22,15 +22,23 @@ the calibration runs listed there) and the table shows the sparsity each run cam
 ``results.json`` is copied into ``experiments/pruning_sparsity/e<epochs>/cells/<cell>/`` (committed: run folders
 under ``outputs/`` do not outlive a machine) and a cell found there is never re-run, so the table fills over
 several sessions; ``--report-only`` rebuilds it from the cells there. The report goes to
-``experiments/pruning_sparsity/e<epochs>/``.
+``experiments/pruning_sparsity/e<epochs>/``, with ``vs_magnitude.md`` beside it: Sanh et al.'s comparison, each
+movement row against magnitude pruning in the same column (remaining %, with or without KD), the difference of
+mean test accuracy with a 95% Welch interval (``slimnlp.report.stats.welch_difference``, the report's own). Soft
+movement enters the column its λ was calibrated for (``SOFT_LAMBDA``) and removes what it came to, not the target.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from collections import defaultdict
 from pathlib import Path
 
 from kept_cells import REPO, report, run_cell
+
+from slimnlp.report.stats import Summary, summarize, welch_difference
 
 SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction removed
 # lambda -> the remaining-% column it lands in once calibrated (None: a calibration run, one seed). At 500 steps
@@ -81,6 +89,8 @@ def main() -> None:
                          "trainer.enable_progress_bar=false"]
             run_cell(name, overrides, args.out / f"e{args.epochs}" / name, kept)
     report(kept, group_by(kept), "test/acc,test/f1,compress/sparsity,eff/disk_bytes,eff/latency_ms_b32,eff/speedup_b32")
+    (kept / "vs_magnitude.md").write_text(vs_magnitude(kept))
+    print(f"wrote {kept / 'vs_magnitude.md'}")
 
 
 def group_by(kept: Path) -> str:
@@ -90,6 +100,53 @@ def group_by(kept: Path) -> str:
 
     runs = [run for path in kept.glob("cells/*/results.json") if isinstance(run := load_run(path), Run)]
     return ",".join(key for key in GROUP_BY.split(",") if any(run.get(key) is not MISSING for run in runs))
+
+
+CELL = re.compile(r"(?P<method>magnitude|movement|soft)_(?:(?P<remaining>\d+)pct|lam(?P<lam>\d+))_(?P<kd>kd|nokd)_s\d+")
+
+
+def vs_magnitude(kept: Path) -> str:
+    """Markdown: every movement row of the kept cells against magnitude pruning in its column (see the docstring)."""
+    runs: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)  # (column, kd, method) -> metrics
+    for path in sorted(kept.glob("cells/*/results.json")):
+        found = CELL.fullmatch(path.parent.name)
+        if found is None:
+            continue
+        method, kd = found["method"], found["kd"]
+        column = found["remaining"] if method != "soft" else SOFT_LAMBDA[found["lam"]]
+        if column is not None:  # a calibration lambda has no column
+            label = f"soft movement, λ = {found['lam']}" if method == "soft" else {
+                "magnitude": "magnitude", "movement": "hard movement"}[method]
+            runs[(column, kd, label)].append(json.loads(path.read_text())["metrics"])
+    lines = ["# Movement vs magnitude pruning, column by column (Sanh et al. 2020's claim)", "",
+             (f"From `{kept.relative_to(REPO) / 'cells'}`: test accuracy, mean ± sample std over seeds; Δ = the "
+              "row's mean minus magnitude's in the same column, with a 95% Welch interval (n/a below two seeds a "
+              "side); removed = measured `compress/sparsity`."), "",
+             "| % remaining | KD | method | n | test acc | removed | magnitude (n) | Δ vs magnitude [95% CI] |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for column in SPARSITIES:
+        for kd in ("kd", "nokd"):
+            reference = [m["test/acc"] for m in runs.get((column, kd, "magnitude"), [])]
+            for label in sorted(label for col, k, label in runs if (col, k) == (column, kd) and label != "magnitude"):
+                metrics = runs[(column, kd, label)]
+                acc = [m["test/acc"] for m in metrics]
+                mine, removed = summarize(acc), summarize([m["compress/sparsity"] for m in metrics])
+                lines.append(f"| {column} | {'yes' if kd == 'kd' else 'no'} | {label} | {mine.n} | {_mean_std(mine)} "
+                             f"| {removed.mean:.4f} | {_versus(acc, reference)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(summary: Summary) -> str:
+    return f"{summary.mean:.4f}" + (f" ± {summary.std:.4f}" if summary.n > 1 else "")
+
+
+def _versus(acc: list[float], reference: list[float]) -> str:
+    """``magnitude mean (n) | Δ [interval] verdict`` cells."""
+    if not reference:
+        return "– | –"
+    d = welch_difference(acc, reference)
+    interval = "(n/a)" if d.verdict == "n/a" else f"[{d.low:+.4f}, {d.high:+.4f}] {d.verdict}"
+    return f"{summarize(reference).mean:.4f} ({len(reference)}) | {d.diff:+.4f} {interval}"
 
 
 if __name__ == "__main__":
