@@ -2,7 +2,7 @@
 
 A cell is one ``train.py`` run. Its ``results.json`` is copied into ``<kept>/cells/<cell>/`` (committed: run
 folders under ``outputs/`` do not outlive a machine), and a cell found there is never re-run, so a table can fill
-over several sessions.
+over several sessions. A finished run's checkpoints are deleted (only an unfinished run resumes from them).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None:
-    """Run ``train.py <overrides>`` into ``run_dir`` unless the cell is kept or finished; keep what finished."""
+    """Run ``train.py <overrides>`` into ``run_dir`` unless the cell is kept or finished; keep what finished and
+    delete a finished run's checkpoints."""
     cell = kept / "cells" / name / "results.json"
     if not cell.exists() and not (run_dir / "results.json").exists():
         command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
@@ -26,6 +27,11 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
     if not cell.exists() and (run_dir / "results.json").exists():
         cell.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "results.json", cell)
+    if (run_dir / "results.json").exists():
+        # A finished run resumes from nothing: its checkpoints (best, last and step, 0.1-0.5 GB each) only fill the
+        # disk, which they did on 2026-12-07 (61 GB of them after 80 finished runs; the cells then running failed on a write).
+        # The saved student and results.json stay in the run folder.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def repo_relative(path: Path) -> str:
