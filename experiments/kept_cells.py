@@ -2,7 +2,8 @@
 
 A cell is one ``train.py`` run. Its ``results.json`` is copied into ``<kept>/cells/<cell>/`` (committed: run
 folders under ``outputs/`` do not outlive a machine), and a cell found there is never re-run, so a table can fill
-over several sessions. A finished run's checkpoints are deleted (only an unfinished run resumes from them).
+over several sessions. A cell killed mid-run continues from its last checkpoint when run again (``resume=<its run
+folder>``); a finished run's checkpoints are deleted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None:
-    """Run ``train.py <overrides>`` into ``run_dir`` unless the cell is kept or finished; keep what finished and
-    delete a finished run's checkpoints."""
+    """Run ``train.py <overrides>`` into ``run_dir`` (resuming what a killed run left there) unless the cell is kept
+    or finished; keep what finished and delete a finished run's checkpoints."""
     cell = kept / "cells" / name / "results.json"
     if not cell.exists() and not (run_dir / "results.json").exists():
         command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+        if (run_dir / "checkpoints" / "last.ckpt").is_file() or any(run_dir.glob("stages/*/done.json")):
+            command.append(f"resume={run_dir}")  # a killed cell continues where it stopped
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=REPO, check=False)  # a failed cell must not stop the others
     if not cell.exists() and (run_dir / "results.json").exists():
