@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from slimnlp.resume import has_progress
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,7 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
     cell = kept / "cells" / name / "results.json"
     if not cell.exists() and not (run_dir / "results.json").exists():
         command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
-        if (run_dir / "checkpoints" / "last.ckpt").is_file() or any(run_dir.glob("stages/*/done.json")):
+        if has_progress(run_dir):
             command.append(f"resume={run_dir}")  # a killed cell continues where it stopped
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=REPO, check=False)  # a failed cell must not stop the others

@@ -38,7 +38,8 @@ class ResumePoint:
     checkpoint: Path | None = None  # resume=<file.ckpt>: the checkpoint the first stage starts from
 
 
-def _has_progress(folder: Path) -> bool:
+def has_progress(folder: Path) -> bool:
+    """Whether a run folder left something to continue from: a ``last.ckpt`` (any stage) or a finished stage."""
     return any(folder.glob("checkpoints/**/last.ckpt")) or any(folder.glob(f"{STAGES_DIR}/*/{DONE_FILE}"))
 
 
@@ -58,7 +59,7 @@ def find_resume_point(cfg: DictConfig, run_dir: Path, chash: str) -> ResumePoint
     candidates = []
     for info_file in Path(cfg.paths.runs_dir).glob(f"*/{RUN_INFO_FILE}"):
         folder = info_file.parent
-        if folder.resolve() == run_dir.resolve() or (folder / RESULTS_FILE).exists() or not _has_progress(folder):
+        if folder.resolve() == run_dir.resolve() or (folder / RESULTS_FILE).exists() or not has_progress(folder):
             continue
         if json.loads(info_file.read_text()).get("config_hash") == chash:
             candidates.append((info_file.stat().st_mtime, folder))
