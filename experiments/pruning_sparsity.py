@@ -31,13 +31,13 @@ movement enters the column its λ was calibrated for (``SOFT_LAMBDA``) and remov
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from kept_cells import REPO, report, run_cell
 
+from slimnlp.report.collect import MISSING, Run, load_run
 from slimnlp.report.stats import Summary, summarize, welch_difference
 
 SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction removed
@@ -96,8 +96,6 @@ def main() -> None:
 def group_by(kept: Path) -> str:
     """``GROUP_BY`` without the keys no kept cell has yet (magnitude cells have no ``technique.variant``, and the
     report refuses a key that no run has): the report's own field lookup decides."""
-    from slimnlp.report.collect import MISSING, Run, load_run
-
     runs = [run for path in kept.glob("cells/*/results.json") if isinstance(run := load_run(path), Run)]
     return ",".join(key for key in GROUP_BY.split(",") if any(run.get(key) is not MISSING for run in runs))
 
@@ -109,15 +107,15 @@ def vs_magnitude(kept: Path) -> str:
     """Markdown: every movement row of the kept cells against magnitude pruning in its column (see the docstring)."""
     runs: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)  # (column, kd, method) -> metrics
     for path in sorted(kept.glob("cells/*/results.json")):
-        found = CELL.fullmatch(path.parent.name)
-        if found is None:
+        found, run = CELL.fullmatch(path.parent.name), load_run(path)
+        if found is None or not isinstance(run, Run):
             continue
         method, kd = found["method"], found["kd"]
         column = found["remaining"] if method != "soft" else SOFT_LAMBDA[found["lam"]]
         if column is not None:  # a calibration lambda has no column
             label = f"soft movement, λ = {found['lam']}" if method == "soft" else {
                 "magnitude": "magnitude", "movement": "hard movement"}[method]
-            runs[(column, kd, label)].append(json.loads(path.read_text())["metrics"])
+            runs[(column, kd, label)].append(run.metrics)
     lines = ["# Movement vs magnitude pruning, column by column (Sanh et al. 2020's claim)", "",
              (f"From `{kept.relative_to(REPO) / 'cells'}`: test accuracy, mean ± sample std over seeds; Δ = the "
               "row's mean minus magnitude's in the same column, with a 95% Welch interval (n/a below two seeds a "
