@@ -23,7 +23,7 @@ from slimnlp.budget import apply_min_steps, split_steps
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.resume import ResumePoint, StageRecord
-from slimnlp.runner import fit_and_select, make_trainer, test_metrics
+from slimnlp.runner import best_checkpoint, fit_and_select, make_trainer, test_metrics
 from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.techniques.base import Requirements, Stage, Technique
 
@@ -37,8 +37,8 @@ class Outcome:
     student: PreTrainedModel  # the last stage's export, as reloaded from its artifact
     student_dir: Path  # that artifact
     metrics: dict[str, float]  # the last stage's val metrics, and the test metrics of the reloaded artifact
-    checkpoints: Path  # the last stage's checkpoint folder
     steps: int  # optimizer steps over all stages
+    best_checkpoint: str | None = None  # the last stage's best checkpoint, as its ModelCheckpoint kept it
 
 
 def build_technique(
@@ -99,8 +99,7 @@ def train_stages(
 ) -> Outcome:
     """Run the technique's stages in order, each taking over the student the previous one exported;
     ``final_callbacks`` (an Optuna trial's pruning) watch the last stage only."""
-    student, metrics, steps = models.student, {}, 0
-    checkpoints = run_dir / "checkpoints"
+    student, metrics, steps, best = models.student, {}, 0, None
     multi = len(run.stages) > 1
     budgets = _step_budgets(cfg, run.stages)
     for i, (stage, needs) in enumerate(zip(run.stages, run.stage_needs)):
@@ -138,6 +137,7 @@ def train_stages(
             calibration=None if needs.trains else _calibration(cfg, models),
         )
         steps += trainer.global_step
+        best = best_checkpoint(trainer)
         student = technique.export_student()
         metrics.update(technique.compression_metrics())
         if multi and not final:
@@ -149,14 +149,14 @@ def train_stages(
         if is_rank_zero():
             save_encoder(student, student_dir, models.tokenizer)
         barrier()
-        return Outcome(load_encoder(student_dir), student_dir, metrics, checkpoints, steps)
+        return Outcome(load_encoder(student_dir), student_dir, metrics, steps, best)
     # What is tested and measured is what was saved: the artifact, reloaded as a user would.
     if is_rank_zero():
         save_student(student, student_dir, models.tokenizer)
     barrier()
     technique.student = load_student(student_dir)
     metrics.update(test_metrics(technique, models.datamodule, trainer))
-    return Outcome(technique.student, student_dir, metrics, checkpoints, steps)
+    return Outcome(technique.student, student_dir, metrics, steps, best)
 
 
 def _step_budgets(cfg: DictConfig, stages: list[Stage]) -> list[int] | None:

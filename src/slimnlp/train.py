@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "student_dir": str(student_dir),
                     "teacher_dir": str(models.teacher_dir),
                     "onnx": str(run_dir / "student.onnx") if (run_dir / "student.onnx").exists() else None,
-                    "best_checkpoint": next((str(p) for p in sorted(outcome.checkpoints.glob("best*.ckpt"))), None),
+                    "best_checkpoint": outcome.best_checkpoint,
                     "resumed_from": str(resume.checkpoint or resume.run_dir) if resume else None,
                 },
                 config=to_plain(cfg),

@@ -33,12 +33,17 @@ def test_crash_after_the_last_validation_resumes_in_place(tiny_setup):
     crashed = _runs(tiny_setup) / "crashed_at_test"
     assert not (crashed / "results.json").exists()
     best_before = sorted(p.name for p in (crashed / "checkpoints").glob("best*.ckpt"))
+    assert len(best_before) == 1
+    stale = crashed / "checkpoints" / "best-0-0-stale.ckpt"  # what an earlier run in a re-used folder can leave
+    stale.write_bytes(b"")
 
     resumed = run_tiny(tiny_setup, "relaunch_test_crash", *common, "resume=true")
     assert resumed["run_dir"] == str(crashed)  # continued in its own folder
     assert (crashed / "results.json").exists() and not (_runs(tiny_setup) / "relaunch_test_crash" / "results.json").exists()
     assert resumed["artifacts"]["resumed_from"] == str(crashed)
-    assert sorted(p.name for p in (crashed / "checkpoints").glob("best*.ckpt")) == best_before  # best kept
+    assert sorted(p.name for p in (crashed / "checkpoints").glob("best*.ckpt")) == sorted([*best_before, stale.name])
+    # the checkpoint the callback kept (and the run restored), not the first best*.ckpt in the folder
+    assert resumed["artifacts"]["best_checkpoint"] == str(crashed / "checkpoints" / best_before[0])
     m, ref = resumed["metrics"], reference["metrics"]
     assert m["val/acc"] == pytest.approx(ref["val/acc"])  # the validation from before the crash is reported
     assert m["train/optimizer_steps"] == ref["train/optimizer_steps"]
