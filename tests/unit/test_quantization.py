@@ -117,6 +117,7 @@ def test_every_kernel_computes_the_quantized_linear(kernel, bits, granularity, g
 def test_twn_keeps_the_large_weights_with_their_mean_magnitude():
     w = torch.tensor([[0.1, -0.9, 0.0, 0.5], [-0.05, 0.2, -0.6, 0.02]])
     codes, alpha = twn_ternarize(w)
+    assert alpha.shape == (1, 1)  # one α for the matrix (TernaryBERT's Linears)
     delta = 0.7 * w.abs().mean()
     assert codes.tolist() == (torch.sign(w) * (w.abs() > delta)).tolist()
     assert float(alpha) == pytest.approx(float(w.abs()[w.abs() > delta].mean()))

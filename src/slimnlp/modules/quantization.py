@@ -115,18 +115,13 @@ def twn_ternarize(weight: Tensor, per_row: bool = False) -> tuple[Tensor, Tensor
     Linears), or with ``per_row`` one per row along the last dimension (α of shape [..., 1]: TernaryBERT's word
     embeddings, ``TwnQuantizer`` with ``layerwise=False``). A row with nothing above Δ (all zeros) gets α = max|w|."""
     w = weight.detach().float()
-    tiny = torch.finfo(torch.float32).smallest_normal
-    if not per_row:
-        delta = TWN_THRESHOLD * w.abs().mean()
-        kept = w.abs() > delta
-        alpha = w.abs()[kept].mean() if bool(kept.any()) else w.abs().max()
-        return (torch.sign(w) * kept).to(torch.int8), alpha.reshape(1, 1).clamp_min(tiny)
+    dims = -1 if per_row else tuple(range(w.dim()))
     magnitude = w.abs()
-    kept = magnitude > TWN_THRESHOLD * magnitude.mean(dim=-1, keepdim=True)
-    count = kept.sum(dim=-1, keepdim=True)
-    alpha = torch.where(count > 0, (magnitude * kept).sum(dim=-1, keepdim=True) / count.clamp_min(1),
-                        magnitude.amax(dim=-1, keepdim=True))
-    return (torch.sign(w) * kept).to(torch.int8), alpha.clamp_min(tiny)
+    kept = magnitude > TWN_THRESHOLD * magnitude.mean(dim=dims, keepdim=True)
+    count = kept.sum(dim=dims, keepdim=True)
+    alpha = torch.where(count > 0, (magnitude * kept).sum(dim=dims, keepdim=True) / count.clamp_min(1),
+                        magnitude.amax(dim=dims, keepdim=True))
+    return (torch.sign(w) * kept).to(torch.int8), alpha.clamp_min(torch.finfo(torch.float32).smallest_normal)
 
 
 def fake_ternarize(weight: Tensor, per_row: bool = False) -> Tensor:
