@@ -1,7 +1,7 @@
 """Resume in place: a killed run continues in its own folder, and nothing finished is run again.
 
 ``resume=true`` picks the newest unfinished run of the identical config (same config hash, no
-``results.json``) that left something to continue from; ``resume=<run folder>`` names one. The run then
+``results.json``) that left something to continue from; ``resume=<run folder>`` names one (of the same config). The run then
 writes into that folder: its checkpoints keep the ModelCheckpoint state (the best checkpoint and score from
 before the crash), the validation metrics seen so far and the dataloader position (mid-epoch resume), and
 its loggers append. Finished stages of a multi-stage technique are recorded (``stages/<name>/``: the exported
@@ -55,6 +55,10 @@ def find_resume_point(cfg: DictConfig, run_dir: Path, chash: str) -> ResumePoint
             raise ConfigError("resume", str(cfg.resume), "true, false, a run folder (with run_info.json) or a .ckpt file")
         if (path / RESULTS_FILE).is_file():
             raise ConfigError("resume", str(cfg.resume), f"an unfinished run: {path} has {RESULTS_FILE} already")
+        theirs = json.loads((path / RUN_INFO_FILE).read_text()).get("config_hash")
+        if theirs != chash:  # its checkpoints belong to another config: continuing them would mix two runs
+            raise ConfigError("resume", str(cfg.resume), f"a run of this launch's config (hash {chash}); that folder "
+                              f"ran config {theirs} (its config.yaml shows which keys differ)")
         return ResumePoint(run_dir=path)
     candidates = []
     for info_file in Path(cfg.paths.runs_dir).glob(f"*/{RUN_INFO_FILE}"):

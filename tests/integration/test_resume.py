@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers import run_tiny, tiny_overrides
 
+from slimnlp.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 EVERY = "callbacks.last_checkpoint.every_n_train_steps=4"
@@ -37,6 +39,9 @@ def test_crash_after_the_last_validation_resumes_in_place(tiny_setup):
     stale = crashed / "checkpoints" / "best-0-0-stale.ckpt"  # what an earlier run in a re-used folder can leave
     stale.write_bytes(b"")
 
+    other_config = [c if c != "seed=3" else "seed=4" for c in common]
+    with pytest.raises(ConfigError, match="resume.*a run of this launch's config"):
+        run_tiny(tiny_setup, "relaunch_other_config", *other_config, f"resume={crashed}")
     resumed = run_tiny(tiny_setup, "relaunch_test_crash", *common, "resume=true")
     assert resumed["run_dir"] == str(crashed)  # continued in its own folder
     assert (crashed / "results.json").exists() and not (_runs(tiny_setup) / "relaunch_test_crash" / "results.json").exists()
