@@ -3,18 +3,22 @@
 A cell is one ``train.py`` run. Its ``results.json`` is copied into ``<kept>/cells/<cell>/`` (committed: run
 folders under ``outputs/`` do not outlive a machine), and a cell found there is never re-run, so a table can fill
 over several sessions. A cell killed mid-run continues from its last checkpoint when run again (``resume=<its run
-folder>``); a finished run's checkpoints are deleted.
+folder>``) if it ran the same config; one whose config has changed since (a default changed in the code) is set
+aside, never deleted, and the cell starts afresh. A finished run's checkpoints are deleted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-from slimnlp.resume import has_progress
+from slimnlp.config import compose_config, config_hash
+from slimnlp.resume import RUN_INFO_FILE, has_progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +29,7 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
     cell = kept / "cells" / name / "results.json"
     if not cell.exists() and not (run_dir / "results.json").exists():
         command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
-        if has_progress(run_dir):
+        if resumable(run_dir, overrides):
             command.append(f"resume={run_dir}")  # a killed cell continues where it stopped
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=REPO, check=False)  # a failed cell must not stop the others
@@ -37,6 +41,21 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
         # disk, which they did on 2026-12-07 (61 GB of them after 80 finished runs; the cells then running failed on a write).
         # The saved student and results.json stay in the run folder.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def resumable(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether ``run_dir`` holds a killed run of the config ``overrides`` compose to, to continue in place.
+    ``resume=<folder>`` refuses a folder that ran another config, so a killed run whose config hash differs (the
+    code's defaults changed between sessions) is renamed ``<name>.stale-<UTC time>`` and the cell starts afresh."""
+    if not has_progress(run_dir):
+        return False
+    ran = json.loads((run_dir / RUN_INFO_FILE).read_text()).get("config_hash")
+    if ran == config_hash(compose_config(overrides)):
+        return True
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+    print(f"{run_dir} ran another config ({ran}); set aside as {stale}, starting the cell afresh", flush=True)
+    run_dir.rename(stale)
+    return False
 
 
 def repo_relative(path: Path) -> str:
