@@ -1,11 +1,11 @@
 """Resume in place: a killed run continues in its own folder, and nothing finished is run again.
 
-``resume=true`` picks the newest unfinished run of the identical config (same config hash, no
-``results.json``) that left something to continue from; ``resume=<run folder>`` names one (of the same config). The run then
-writes into that folder: its checkpoints keep the ModelCheckpoint state (the best checkpoint and score from
-before the crash), the validation metrics seen so far and the dataloader position (mid-epoch resume), and
-its loggers append. Finished stages of a multi-stage technique are recorded (``stages/<name>/``: the exported
-student and ``done.json``) and skipped; the unfinished stage continues from its ``last.ckpt``.
+``resume=true`` picks the newest unfinished run of the identical config (same config hash, no ``results.json``)
+that left something to continue from; ``resume=<run folder>`` names one, which must have run the same config.
+The run then writes into that folder: its checkpoints keep the ModelCheckpoint state (the best checkpoint and
+score from before the crash), the validation metrics seen so far and the dataloader position (mid-epoch resume),
+and its loggers append. Finished stages of a multi-stage technique are recorded (``stages/<name>/``: the
+exported student and ``done.json``) and skipped; the unfinished stage continues from its ``last.ckpt``.
 ``resume=<file.ckpt>`` starts a new run folder from that checkpoint (single-stage techniques).
 """
 
