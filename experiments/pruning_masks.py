@@ -1,16 +1,16 @@
-"""Which pretrained weights each pruning cell kept: is a method's mask informed by the weights' importance, or
-near chance? Reads the saved students of finished ``experiments/pruning_sparsity.py`` cells.
+"""Which pretrained weights each pruning cell kept: how far a method's mask follows the pretrained weights'
+magnitude. Reads the saved students of finished ``experiments/pruning_sparsity.py`` cells.
 
     python experiments/pruning_masks.py [--runs outputs/experiments/pruning_sparsity/e4]
 
 For every encoder Linear a cell pruned (the table's ``targets=[encoder]``), the kept set is where the saved
 weight is non-zero; it is compared with the same number of largest-magnitude weights of the pretrained MiniLM
-the cell started from (``student=6L`` copies all six layers), matrix by matrix. The overlap is ``|kept ∩ top-|W_0||``
-over the kept count, summed over the pruned matrices; chance is the kept fraction. Magnitude pruning ranks the current
-``|W|``, which fine-tuning moves little, so its overlap is near 1; movement pruning ranks what it learned in
-the scores, and at this budget the question is whether that is anything but noise (README, "Pruning at 50%, 10%
-and 3%"). The table is written to ``experiments/pruning_sparsity/e4/kept_vs_pretrained.md``; the run folders it
-reads live under ``outputs/`` (not committed), so it is rebuilt only where the cells ran.
+the cell started from (``student=6L`` copies all six layers), matrix by matrix. The overlap is
+``|kept ∩ top-|W_0||`` over the kept count, summed over the pruned matrices; chance is the kept fraction.
+Magnitude pruning ranks the current ``|W|``, which fine-tuning moves little, so its overlap is near 1; movement
+pruning ranks what it learned in the scores, which Sanh et al. mean to differ from magnitude. The table is
+written to ``experiments/pruning_sparsity/<runs folder name>/kept_vs_pretrained.md``; the run folders it reads
+live under ``outputs/`` (not committed), so it is rebuilt only where the cells ran.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def cell_row(run_dir: Path, pretrained: list[torch.Tensor]) -> tuple[float, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "experiments" / "pruning_sparsity" / "e4")
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "pruning_sparsity" / "e4" / "kept_vs_pretrained.md")
     args = parser.parse_args()
+    out = REPO / "experiments" / "pruning_sparsity" / args.runs.name / "kept_vs_pretrained.md"
     pretrained = encoder_weights(AutoModel.from_pretrained(resolve_pretrained(PRETRAINED, None)))
     lines = ["# Kept weights against the pretrained weights' magnitude", "",
              ("Built by `python experiments/pruning_masks.py` from the saved students of the finished cells "
@@ -77,7 +77,7 @@ def main() -> None:
         overlap, kept = cell_row(run_dir, pretrained)
         acc = json.loads((run_dir / "results.json").read_text())["metrics"]["test/acc"]
         lines.append(f"| {run_dir.name} | {kept:.4f} | {overlap:.3f} | {kept:.3f} | {acc:.4f} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
