@@ -9,7 +9,6 @@ aside, never deleted, and the cell starts afresh. A finished run's checkpoints a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimnlp.config import compose_config, config_hash
-from slimnlp.resume import RUN_INFO_FILE, has_progress
+from slimnlp.resume import has_progress, recorded_config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +48,7 @@ def resumable(run_dir: Path, overrides: list[str]) -> bool:
     code's defaults changed between sessions) is renamed ``<name>.stale-<UTC time>`` and the cell starts afresh."""
     if not has_progress(run_dir):
         return False
-    ran = json.loads((run_dir / RUN_INFO_FILE).read_text()).get("config_hash")
+    ran = recorded_config_hash(run_dir)
     if ran == config_hash(compose_config(overrides)):
         return True
     stale = run_dir.with_name(f"{run_dir.name}.stale-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")

@@ -43,6 +43,11 @@ def has_progress(folder: Path) -> bool:
     return any(folder.glob("checkpoints/**/last.ckpt")) or any(folder.glob(f"{STAGES_DIR}/*/{DONE_FILE}"))
 
 
+def recorded_config_hash(folder: Path) -> str | None:
+    """The config hash a run folder's ``run_info.json`` recorded when the run started."""
+    return json.loads((folder / RUN_INFO_FILE).read_text()).get("config_hash")
+
+
 def find_resume_point(cfg: DictConfig, run_dir: Path, chash: str) -> ResumePoint | None:
     """What ``resume`` asks for, or None for a fresh run."""
     if cfg.resume in (False, None, "false"):
@@ -55,7 +60,7 @@ def find_resume_point(cfg: DictConfig, run_dir: Path, chash: str) -> ResumePoint
             raise ConfigError("resume", str(cfg.resume), "true, false, a run folder (with run_info.json) or a .ckpt file")
         if (path / RESULTS_FILE).is_file():
             raise ConfigError("resume", str(cfg.resume), f"an unfinished run: {path} has {RESULTS_FILE} already")
-        theirs = json.loads((path / RUN_INFO_FILE).read_text()).get("config_hash")
+        theirs = recorded_config_hash(path)
         if theirs != chash:  # its checkpoints belong to another config: continuing them would mix two runs
             raise ConfigError("resume", str(cfg.resume), f"a run of this launch's config (hash {chash}); that folder "
                               f"ran config {theirs} (its config.yaml shows which keys differ)")
@@ -65,7 +70,7 @@ def find_resume_point(cfg: DictConfig, run_dir: Path, chash: str) -> ResumePoint
         folder = info_file.parent
         if folder.resolve() == run_dir.resolve() or (folder / RESULTS_FILE).exists() or not has_progress(folder):
             continue
-        if json.loads(info_file.read_text()).get("config_hash") == chash:
+        if recorded_config_hash(folder) == chash:
             candidates.append((info_file.stat().st_mtime, folder))
     if not candidates:
         log.warning("resume=true: no unfinished run of this config under %s; starting afresh", cfg.paths.runs_dir)
