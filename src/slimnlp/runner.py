@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -72,6 +72,11 @@ class ValidateAtStepBudget(Callback):
             trainer.should_stop = True
 
 
+class Selection(NamedTuple):
+    metrics: dict[str, float]  # the selected weights' ``val/*`` (and a post-training technique's ``compress/*``)
+    restored: str | None  # the checkpoint those weights were restored from; None: the weights training ended with
+
+
 def fit_and_select(
     technique: Technique,
     datamodule: L.LightningDataModule,
@@ -79,8 +84,9 @@ def fit_and_select(
     ckpt_path: str | None = None,
     select_best: bool = True,
     calibration: DataLoader | None = None,
-) -> dict[str, float]:
-    """Train and restore the best validation checkpoint; returns its ``val/*`` metrics.
+) -> Selection:
+    """Train and restore the best validation checkpoint (``select_best``; otherwise keep the final weights);
+    returns the selected weights' ``val/*`` metrics and the checkpoint they came from.
 
     A post-training technique (``needs.trains`` False) is instead moved to the Trainer's device,
     ``compress``-ed on the ``calibration`` batches and validated (its ``compress/*`` metrics included).
@@ -89,6 +95,7 @@ def fit_and_select(
     validation = ValidationAtBest(f"val/{technique.task.primary_metric}", technique.task.primary_mode)
     trainer.callbacks.extend([validation, ValidateAtStepBudget()])
     metrics: dict[str, float] = {}
+    best = None
     if technique.needs.trains:
         trainer.fit(technique, datamodule=datamodule, ckpt_path=ckpt_path)
         best = best_checkpoint(trainer) if select_best else None
@@ -104,7 +111,7 @@ def fit_and_select(
         technique.to(trainer.strategy.root_device)
         metrics.update(technique.compress(OnDevice(calibration, trainer.strategy.root_device)) or {})
         metrics.update(trainer.validate(technique, datamodule=datamodule, verbose=False)[0])
-    return metrics
+    return Selection(metrics, best)
 
 
 def test_metrics(technique: Technique, datamodule: L.LightningDataModule, trainer: L.Trainer) -> dict[str, float]:

@@ -23,7 +23,7 @@ from slimnlp.budget import apply_min_steps, split_steps
 from slimnlp.build import Models, RunPlan
 from slimnlp.distributed import barrier, is_rank_zero
 from slimnlp.resume import ResumePoint, StageRecord
-from slimnlp.runner import best_checkpoint, fit_and_select, make_trainer, test_metrics
+from slimnlp.runner import fit_and_select, make_trainer, test_metrics
 from slimnlp.teacher_cache import TeacherLogitCache
 from slimnlp.techniques.base import Requirements, Stage, Technique
 
@@ -38,7 +38,7 @@ class Outcome:
     student_dir: Path  # that artifact
     metrics: dict[str, float]  # the last stage's val metrics, and the test metrics of the reloaded artifact
     steps: int  # optimizer steps over all stages
-    best_checkpoint: str | None = None  # the last stage's best checkpoint, as its ModelCheckpoint kept it
+    best_checkpoint: str | None = None  # the checkpoint the last stage's student was restored from, if any
 
 
 def build_technique(
@@ -128,7 +128,7 @@ def train_stages(
             dm = models.datamodule
             apply_min_steps(trainer, len(dm.datasets["train"]), dm.batch_size, cfg.get("min_steps") or 0,
                             who=f"stage {stage.name}" if multi else "student")
-        metrics = fit_and_select(
+        metrics, best = fit_and_select(
             technique,
             models.datamodule,
             trainer,
@@ -137,7 +137,6 @@ def train_stages(
             calibration=None if needs.trains else _calibration(cfg, models),
         )
         steps += trainer.global_step
-        best = best_checkpoint(trainer)
         student = technique.export_student()
         metrics.update(technique.compression_metrics())
         if multi and not final:

@@ -149,7 +149,7 @@ def finetune_teacher(cfg: DictConfig, dm: Any, source: str, folder: Path) -> Non
         default_root_dir=str(work),
     )
     # No test pass here: every run this teacher teaches tests it on the same examples (teacher/test/*).
-    metrics = fit_and_select(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None)
+    metrics = fit_and_select(technique, dm, trainer, ckpt_path=str(last) if last.exists() else None).metrics
     metrics.update(majority_baselines(dm, technique.task, ["val"]))
     metrics["train/optimizer_steps"] = float(trainer.global_step)
     results = build_results(

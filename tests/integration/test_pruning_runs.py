@@ -29,6 +29,8 @@ def test_pruned_runs_save_a_sparse_smaller_artifact_at_the_target(tiny_setup, te
     pruned = sum(int((w == 0).sum()) for w in encoder)
     assert m["eff/params"] - m["eff/nonzero_params"] - pruned <= 32  # + the padding row of the embeddings
     assert m["eff/disk_bytes"] == artifact_bytes(student_dir) < m["teacher/eff/disk_bytes"]
+    # the masked weights training ended with, never an earlier, denser checkpoint: no checkpoint named as restored
+    assert results["artifacts"]["best_checkpoint"] is None
 
 
 def test_pruning_without_distillation_needs_no_teacher_logits(tiny_setup):
