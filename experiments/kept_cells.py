@@ -13,10 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from slimnlp.config import compose_config, config_hash
+from slimnlp.results import checkout_state
 from slimnlp.resume import has_progress, recorded_config_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
     or finished; keep what finished and delete a finished run's checkpoints."""
     cell = kept / "cells" / name / "results.json"
     if not cell.exists() and not (run_dir / "results.json").exists():
+        wait_for_committed_code()
         command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
         if resumable(run_dir, overrides):
             command.append(f"resume={run_dir}")  # a killed cell continues where it stopped
@@ -40,6 +43,19 @@ def run_cell(name: str, overrides: list[str], run_dir: Path, kept: Path) -> None
         # disk, which they did on 2026-12-07 (61 GB of them after 80 finished runs; the cells then running failed on a write).
         # The saved student and results.json stay in the run folder.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def wait_for_committed_code(poll_s: float = 60.0) -> None:
+    """Hold the next cell while ``src/`` or ``train.py`` differ from the checkout's commit. A cell runs the code
+    as it is when it starts, so one started during an edit mixes uncommitted code into a table that reads as
+    committed code's (a cell was lost so on 2026-12-07); a cell that waits costs minutes, not a re-run."""
+    announced = False
+    while (state := checkout_state(REPO / "src" / "slimnlp")) and state["modified"]:
+        if not announced:
+            print(f"next cell waits: {', '.join(state['modified'])} differ from commit {state['commit'][:10]}; "
+                  "it starts once they are committed or reverted", flush=True)
+            announced = True
+        time.sleep(poll_s)
 
 
 def resumable(run_dir: Path, overrides: list[str]) -> bool:

@@ -6,9 +6,11 @@ measurement (FLOPs, energy, robustness …) is a new key and no reader breaks.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +42,40 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return path
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+# What a run computes with: the package (its conf/ included) and the entry point beside it.
+CODE_PATHS = ("src", "train.py")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          timeout=10).stdout
+
+
+def checkout_state(package_dir: Path = PACKAGE_DIR) -> dict[str, Any] | None:
+    """The git commit the package at ``package_dir`` is checked out at, and the files under ``src/`` and
+    ``train.py`` that differ from it (modified, or new and not ignored); None where the package is not a git
+    checkout's ``src/<package>`` (an installed wheel) or git is missing."""
+    try:
+        top = Path(_git(package_dir, "rev-parse", "--show-toplevel").strip())
+        if (top / "src" / package_dir.name).resolve() != package_dir.resolve():
+            return None  # installed into some other project's repository: that repository's commit says nothing
+        commit = _git(top, "rev-parse", "HEAD").strip()
+        status = _git(top, "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    modified = sorted(line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip())
+    return {"commit": commit, "modified": modified}
+
+
+@functools.cache
+def code_version() -> dict[str, Any] | None:
+    """slimnlp's ``checkout_state`` as this process first saw it (``record_start``, as a run starts): the code it
+    imported, even if the checkout moves while it trains. A table filled over several sessions mixes runs of
+    several commits; this says which code made each cell, and ``modified`` flags a cell run on uncommitted edits."""
+    return checkout_state()
+
+
 def environment() -> dict[str, Any]:
     import lightning
     import torch
@@ -55,6 +91,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "code": code_version(),
     }
 
 

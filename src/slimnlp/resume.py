@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 
 from slimnlp.artifacts import save_student
 from slimnlp.errors import ConfigError
-from slimnlp.results import RESULTS_FILE, write_json_atomic
+from slimnlp.results import RESULTS_FILE, code_version, write_json_atomic
 
 log = logging.getLogger("slimnlp")
 RUN_INFO_FILE = "run_info.json"
@@ -90,13 +90,17 @@ def continue_in(cfg: DictConfig, point: ResumePoint | None) -> Path:
 
 
 def record_start(run_dir: Path, chash: str) -> None:
-    """``run_info.json``: the config hash resume matches on; each resume is appended."""
+    """``run_info.json``: the config hash resume matches on and the code the run started with; each resume is
+    appended with the code it continued with."""
     info_file = run_dir / RUN_INFO_FILE
     now = datetime.now(timezone.utc).isoformat()
-    info: dict[str, Any] = {"config_hash": chash, "started_at": now, "argv": sys.argv[1:], "resumed_at": []}
+    code = code_version()
+    info: dict[str, Any] = {"config_hash": chash, "started_at": now, "argv": sys.argv[1:], "code": code,
+                            "resumed_at": [], "resumed_code": []}
     if info_file.is_file():
         info = json.loads(info_file.read_text())
         info.setdefault("resumed_at", []).append(now)
+        info.setdefault("resumed_code", []).append(code)
     write_json_atomic(info_file, info)
 
 

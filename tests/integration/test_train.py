@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from helpers import run_tiny as _run
+
+import slimnlp
+from slimnlp.results import checkout_state
 
 
 def test_kd_run_writes_complete_results(tiny_setup):
@@ -35,6 +40,14 @@ def test_kd_run_writes_complete_results(tiny_setup):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "checkpoints").glob("best*.ckpt"))
     assert on_disk["layer_map"] == [1, 3]
+    # which code made it: the checkout's commit, and the run-relevant files that differed from it
+    code = checkout_state()
+    assert on_disk["env"]["code"] == json.loads((run_dir / "run_info.json").read_text())["code"] == code
+    checkout = Path(slimnlp.__file__).resolve().parents[2]
+    if (checkout / ".git").exists():  # the tests run from a clone (CI's, a developer's), not an installed wheel
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True)
+        assert code["commit"] == head.stdout.strip()
 
 
 def test_kd_training_loss_decreases(tiny_setup):

@@ -259,6 +259,21 @@ def test_a_rerun_of_the_same_seed_counts_once(tmp_path):
     assert any("2 runs with seed 0" in w and str(tmp_path / "old") in w for w in report.warnings)
 
 
+def test_the_report_names_the_commits_its_runs_came_from_and_runs_on_uncommitted_edits(tmp_path):
+    three_seeds(tmp_path, "kd", "4L", [0.80, 0.82, 0.87], 2e9)
+    assert build_report(Options(paths=[str(tmp_path)])).code == ""  # no run recorded it: no line
+    paths = sorted(tmp_path.glob("*/results.json"))
+    codes = [{"commit": "a" * 40, "modified": []}, {"commit": "a" * 40, "modified": ["src/slimnlp/x.py"]}, None]
+    for path, code in zip(paths, codes, strict=True):
+        data = json.loads(path.read_text())
+        data["env"]["code"] = code
+        path.write_text(json.dumps(data))
+    report = build_report(Options(paths=[str(tmp_path)]))
+    assert report.code == (f"{'a' * 10} (2 runs); 1 run from before the record; on uncommitted edits of the code: "
+                           f"{paths[1].parent.name} (src/slimnlp/x.py)")
+    assert f"Code (commit: runs): {report.code}." in report_markdown(report, [], [])
+
+
 def test_teacher_row_from_teacher_metrics_and_default_comparison_against_it(tmp_path):
     three_seeds(tmp_path, "kd", "4L", [0.80, 0.81, 0.82], 2e9)
     report = build_report(Options(paths=[str(tmp_path)]))

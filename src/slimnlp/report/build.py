@@ -77,6 +77,7 @@ class Report:
     failed: list[Path]
     paths: list[str]
     machine: str = ""
+    code: str = ""
 
 
 def parse_selector(text: str, flag: str = "--baseline") -> Selector:
@@ -258,6 +259,30 @@ def _machine(runs: Sequence[Run]) -> str:
     return f"{device}{f', {threads} threads' if threads else ''}"
 
 
+def _code(runs: Sequence[Run]) -> str:
+    """The commits the runs' code came from (``env.code``), and the runs made on uncommitted edits: a table
+    filled over several sessions says which code made it. Empty when no run recorded it (runs before
+    2026-12-07's record)."""
+    commits: Counter[str] = Counter()
+    edited, unrecorded = [], 0
+    for run in runs:
+        code = run.env.get("code")
+        if not isinstance(code, dict) or not code.get("commit"):
+            unrecorded += 1
+            continue
+        commits[str(code["commit"])[:10]] += 1
+        if code.get("modified"):
+            edited.append(f"{run.path.parent.name} ({', '.join(code['modified'])})")
+    if not commits:
+        return ""
+    parts = [", ".join(f"{commit} ({n} run{'s' if n > 1 else ''})" for commit, n in commits.most_common())]
+    if unrecorded:
+        parts.append(f"{unrecorded} run{'s' if unrecorded > 1 else ''} from before the record")
+    if edited:
+        parts.append("on uncommitted edits of the code: " + "; ".join(edited))
+    return "; ".join(parts)
+
+
 def build_report(options: Options, collection: Collection | None = None) -> Report:
     """The report for ``options`` (``collection``: runs already loaded, else found under ``options.paths``)."""
     collection = collection or collect(options.paths)
@@ -313,4 +338,5 @@ def build_report(options: Options, collection: Collection | None = None) -> Repo
         failed=collection.failed,
         paths=list(options.paths),
         machine=_machine(runs),
+        code=_code(runs),
     )

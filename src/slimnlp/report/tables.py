@@ -146,6 +146,8 @@ def report_markdown(report: Report, plots: Sequence[Path], skipped_plots: Sequen
     ]
     if report.machine:
         lines += ["", f"Efficiency measured on: {report.machine}."]
+    if report.code:
+        lines += ["", f"Code (commit: runs): {report.code}."]
     lines += ["", markdown_table(frame), "", "## How to read it", ""]
     against = (
         f"the row matching {selector_text(report.baseline)} (per task)"
