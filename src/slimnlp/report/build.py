@@ -264,17 +264,17 @@ def _code(runs: Sequence[Run]) -> str:
     filled over several sessions says which code made it. Empty when no run recorded it (runs before
     2026-12-07's record)."""
     commits: Counter[str] = Counter()
-    edited, unrecorded = [], 0
+    edited = []
     for run in runs:
         code = run.env.get("code")
         if not isinstance(code, dict) or not code.get("commit"):
-            unrecorded += 1
             continue
         commits[str(code["commit"])[:10]] += 1
         if code.get("modified"):
             edited.append(f"{run.path.parent.name} ({', '.join(code['modified'])})")
     if not commits:
         return ""
+    unrecorded = len(runs) - commits.total()
     parts = [", ".join(f"{commit} ({n} run{'s' if n > 1 else ''})" for commit, n in commits.most_common())]
     if unrecorded:
         parts.append(f"{unrecorded} run{'s' if unrecorded > 1 else ''} from before the record")
