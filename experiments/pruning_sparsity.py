@@ -17,9 +17,9 @@ at 1e-2 under a decaying LR barely allow. The movement cells therefore use ``tec
 (stated in the table's note). ``COMMON`` drops the ONNX Runtime, robustness and energy measurements,
 which the table does not show, from every cell alike.
 
-Soft movement has no sparsity target: its cells are named by the L1 weight λ (``SOFT_LAMBDA``, chosen by
-the calibration runs listed there) and the table shows the sparsity each run came to. Each finished cell's
-``results.json`` is copied into ``experiments/pruning_sparsity/e<epochs>/cells/<cell>/`` (committed: run folders
+Soft movement has no sparsity target: its cells are named by the L1 weight λ (``SOFT_LAMBDA``, with and
+without KD apart, chosen by the calibration runs listed there) and the table shows the sparsity each run came
+to. Each finished cell's ``results.json`` is copied into ``experiments/pruning_sparsity/e<epochs>/cells/<cell>/`` (committed: run folders
 under ``outputs/`` do not outlive a machine) and a cell found there is never re-run, so the table fills over
 several sessions; ``--report-only`` rebuilds it from the cells there. The report goes to
 ``experiments/pruning_sparsity/e<epochs>/``, with ``vs_magnitude.md`` beside it: Sanh et al.'s comparison, each
@@ -41,12 +41,15 @@ from slimnlp.report.collect import MISSING, Run, load_run
 from slimnlp.report.stats import Summary, summarize, welch_difference
 
 SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction removed
-# lambda -> the remaining-% column it lands in once calibrated (None: a calibration run, one seed, with KD only).
-# At 500 steps (seed 0, KD) 400 came to 89.0% removed (91.1% in an earlier session), the 10% column; 2000 overshot
-# 3% (99.4% removed); 800, log-log interpolated between the two, came to 97.6%, the 3% column; 50 undershot 50%
-# (41.6% removed), and 60, log-log interpolated between 50 and 400, came to 46.0%, the 50% column's. The same
-# lambda removes less without KD (400: 81.7%, 60: 29.9%): the no-KD cells report the sparsity they reach.
-SOFT_LAMBDA = {"50": None, "60": "50", "400": "10", "800": "3", "2000": None}
+# KD or not -> lambda -> the remaining-% column it lands in once calibrated (None: a calibration run, one seed).
+# With KD, at 500 steps (seed 0): 400 came to 89.0% removed (91.1% in an earlier session), the 10% column; 2000
+# overshot 3% (99.4% removed); 800, log-log interpolated between the two, came to 97.6%, the 3% column; 50 undershot
+# 50% (41.6% removed), and 60, log-log interpolated between 50 and 400, came to 46.0%, the 50% column's.
+# The same lambda removes less without KD (400: 81.7%, 60: 29.9%), by the same 0.69 in logit(removed) at both: the
+# no-KD lambdas are read off the KD curve (logit(removed) linear in log lambda between its points) at the target's
+# logit + 0.69: 120 for 50%, 550 for 10%, 1070 for 3%.
+SOFT_LAMBDA = {"kd": {"50": None, "60": "50", "400": "10", "800": "3", "2000": None},
+               "nokd": {"60": None, "400": None, "120": "50", "550": "10", "1070": "3"}}
 SCORE_LR = 0.1  # see the module docstring: hard movement is invariant to it, soft movement needs it at this budget
 COMMON = ["measure.runtimes=[torch]", "eval.robustness.attacks=[]", "energy.enabled=false"]
 GROUP_BY = "technique,technique.variant,technique.sparsity,technique.regularization,technique.distill"
@@ -64,9 +67,7 @@ def cells() -> dict[str, list[str]]:
                     found[f"{method}_{remaining}pct_{tag}_s{seed}"] = [
                         f"technique={technique}", f"technique.sparsity={sparsity}", *extra,
                         f"technique.distill={str(kd).lower()}", f"seed={seed}"]
-        for lam, column in SOFT_LAMBDA.items():
-            if column is None and not kd:
-                continue  # a calibration lambda is run once, with KD: the table's columns need no more
+        for lam, column in SOFT_LAMBDA[tag].items():
             for seed in (0, 1, 2) if kd and column in ("10", "3") else (0,):
                 found[f"soft_lam{lam}_{tag}_s{seed}"] = [
                     "technique=movement_pruning", "technique.variant=soft", f"technique.regularization={lam}",
@@ -115,7 +116,7 @@ def vs_magnitude(kept: Path) -> str:
         if found is None or not isinstance(run, Run):
             continue
         method, kd = found["method"], found["kd"]
-        column = found["remaining"] if method != "soft" else SOFT_LAMBDA[found["lam"]]
+        column = found["remaining"] if method != "soft" else SOFT_LAMBDA[kd][found["lam"]]
         if column is not None:  # a calibration lambda has no column
             label = f"soft movement, λ = {found['lam']}" if method == "soft" else {
                 "magnitude": "magnitude", "movement": "hard movement"}[method]
