@@ -47,8 +47,9 @@ SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction remove
 # 50% (41.6% removed), and 60, log-log interpolated between 50 and 400, came to 46.0%, the 50% column's.
 # The same lambda removes less without KD (400: 81.7%, 60: 29.9%), by the same 0.69 in logit(removed) at both: the
 # no-KD lambdas are read off the KD curve (logit(removed) linear in log lambda between its points) at the target's
-# logit + 0.69: 120 for 50%, 550 for 10%, 1070 for 3%. 550 came to 86.7% removed; 720, log-log interpolated between
-# 400 and 550 without KD, is the 10% column's.
+# logit + 0.69: 120 for 50% (came to 45.5% removed), 550 for 10%, 1070 for 3% (97.9%). 550 came to 86.7%; 720,
+# log-log interpolated between 400 and 550 without KD, overshot to 94.5% and is the 10% column's all the same: it
+# removes more than magnitude's 90%, so a gain over magnitude there is not bought with weights.
 SOFT_LAMBDA = {"kd": {"50": None, "60": "50", "400": "10", "800": "3", "2000": None},
                "nokd": {"60": None, "400": None, "550": None, "120": "50", "720": "10", "1070": "3"}}
 SCORE_LR = 0.1  # see the module docstring: hard movement is invariant to it, soft movement needs it at this budget
