@@ -19,9 +19,9 @@ which the table does not show, from every cell alike.
 
 Soft movement has no sparsity target: its cells are named by the L1 weight λ (``SOFT_LAMBDA``, with and
 without KD apart, chosen by the calibration runs listed there) and the table shows the sparsity each run came
-to. Each finished cell's ``results.json`` is copied into ``experiments/pruning_sparsity/e<epochs>/cells/<cell>/`` (committed: run folders
-under ``outputs/`` do not outlive a machine) and a cell found there is never re-run, so the table fills over
-several sessions; ``--report-only`` rebuilds it from the cells there. The report goes to
+to. Each finished cell's ``results.json`` is copied into ``experiments/pruning_sparsity/e<epochs>/cells/<cell>/``
+(committed: run folders under ``outputs/`` do not outlive a machine) and a cell found there is never re-run, so
+the table fills over several sessions; ``--report-only`` rebuilds it from the cells there. The report goes to
 ``experiments/pruning_sparsity/e<epochs>/``, with ``vs_magnitude.md`` beside it: Sanh et al.'s comparison, each
 movement row against magnitude pruning in the same column (remaining %, with or without KD), the difference of
 mean test accuracy with a 95% Welch interval (``slimnlp.report.stats.welch_difference``, the report's own). Soft
@@ -47,9 +47,10 @@ SPARSITIES = {"50": 0.5, "10": 0.9, "3": 0.97}  # % remaining -> fraction remove
 # 50% (41.6% removed), and 60, log-log interpolated between 50 and 400, came to 46.0%, the 50% column's.
 # The same lambda removes less without KD (400: 81.7%, 60: 29.9%), by the same 0.69 in logit(removed) at both: the
 # no-KD lambdas are read off the KD curve (logit(removed) linear in log lambda between its points) at the target's
-# logit + 0.69: 120 for 50% (came to 45.5% removed), 550 for 10%, 1070 for 3% (97.9%). 550 came to 86.7%; 720,
-# log-log interpolated between 400 and 550 without KD, overshot to 94.5% and is the 10% column's all the same: it
-# removes more than magnitude's 90%, so a gain over magnitude there is not bought with weights.
+# logit + 0.69 (400's three-seed mean): 120 for 50% (came to 45.5% removed), 550 for 10%, 1070 for 3% (97.9%).
+# 550 came to 86.7%; 720, extrapolated the same way from 400 and 550 without KD, overshot to 94.5% and is the 10%
+# column's all the same: it removes more than magnitude's 90%, so a gain over magnitude there is not bought with
+# weights.
 SOFT_LAMBDA = {"kd": {"50": None, "60": "50", "400": "10", "800": "3", "2000": None},
                "nokd": {"60": None, "400": None, "550": None, "120": "50", "720": "10", "1070": "3"}}
 SCORE_LR = 0.1  # see the module docstring: hard movement is invariant to it, soft movement needs it at this budget
