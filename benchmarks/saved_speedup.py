@@ -3,9 +3,9 @@ interleaved rounds taken once, at the end of training, and on a shared 2-core ma
 
     python benchmarks/saved_speedup.py RUN_DIR [--trials 3] [--repeats 30] [--batch 32] [--threads 2]
 
-Both models load from the run's ``results.json`` artifacts (``slimnlp.load_student`` for the student, the
-fine-tuned teacher folder for the teacher) and are timed in interleaved rounds (``slimnlp.metrics.latency``)
-on ``--batch`` rows of ``data.max_length`` random token ids: a BERT forward pass costs the same whatever the
+Both models load through ``slimnlp.load_student`` from the run's ``results.json`` artifacts (the student folder,
+and the fine-tuned teacher's, a plain HF folder it loads with ``from_pretrained``) and are timed in interleaved
+rounds (``slimnlp.metrics.latency``) on ``--batch`` rows of ``data.max_length`` random token ids: a BERT forward pass costs the same whatever the
 ids, so the shape is all that matters. Each trial prints the p50 speed-up and its share of the FLOPs ratio the
 run measured (``teacher/eff/flops`` over ``eff/flops``); the script exits with status 1 when the median trial
 falls below 0.9 of it (issue #9's bar for materialized head and FFN pruning).
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import common  # noqa: F401  (offline variables)
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from slimnlp.artifacts import load_student
-from slimnlp.metrics.latency import interleaved_times_ms, percentiles, torch_threads
+from slimnlp.metrics.latency import inference_call, interleaved_times_ms, percentiles, torch_threads
 
 REQUIRED = 0.9  # of the FLOPs ratio
 
@@ -40,23 +39,18 @@ def main() -> int:
     results = json.loads((args.run_dir / "results.json").read_text())
     metrics = results["metrics"]
     flops_ratio = metrics["teacher/eff/flops"] / metrics["eff/flops"]
-    teacher = AutoModelForSequenceClassification.from_pretrained(results["artifacts"]["teacher_dir"]).eval()
-    student = load_student(args.run_dir).eval()
+    teacher = load_student(results["artifacts"]["teacher_dir"])  # a plain HF folder: from_pretrained
+    student = load_student(args.run_dir)
     length = results["config"]["data"]["max_length"]
     inputs = {"input_ids": torch.randint(1000, 20000, (args.batch, length))}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-
-    def call(model: torch.nn.Module) -> object:
-        with torch.inference_mode():
-            return model(**inputs)
-
+    calls = {"teacher": inference_call(teacher, inputs), "student": inference_call(student, inputs)}
     print(f"{args.run_dir.name}: batch {args.batch} x {length} tokens, {args.threads} threads, {args.trials} trials of "
           f"{args.repeats} interleaved rounds; FLOPs ratio {flops_ratio:.2f}x")
     shares = []
     with torch_threads(args.threads):
         for trial in range(args.trials):
-            times = interleaved_times_ms({"teacher": lambda: call(teacher), "student": lambda: call(student)},
-                                         args.repeats, warmup=3)
+            times = interleaved_times_ms(calls, args.repeats, warmup=3)
             p50 = {name: percentiles(t)["p50"] for name, t in times.items()}
             speedup = p50["teacher"] / p50["student"]
             shares.append(speedup / flops_ratio)
