@@ -7,8 +7,8 @@ Both models load through ``slimnlp.load_student`` from the run's ``results.json`
 and the fine-tuned teacher's, a plain HF folder it loads with ``from_pretrained``) and are timed in interleaved
 rounds (``slimnlp.metrics.latency``) on ``--batch`` rows of ``data.max_length`` random token ids: a BERT forward
 pass costs the same whatever the ids, so the shape is all that matters. Each trial prints the p50 speed-up and
-its share of the FLOPs ratio the run measured (``teacher/eff/flops`` over ``eff/flops``); the script exits with status 1 when the median trial
-falls below 0.9 of it (issue #9's bar for materialized head and FFN pruning).
+its share of the FLOPs ratio the run measured (``teacher/eff/flops`` over ``eff/flops``); the script exits with
+status 1 when the median trial falls below 0.9 of it (issue #9's bar for materialized head and FFN pruning).
 """
 
 from __future__ import annotations
